@@ -1,0 +1,46 @@
+"""LLM deployment: one vLLM engine per replica, answering OpenAI requests with vLLM's serving code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from serve_app.embedded import resolve_llm
+from serve_app.placement import EngineSpec
+from serve_app.vllm_engine import EngineReply, Endpoint, VLLMEngine
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    # An engine start loads weights and compiles (minutes on CPU, longer while kvcached waits for memory).
+    health_check_period_s=10,
+    health_check_timeout_s=60,
+    graceful_shutdown_timeout_s=30,
+    max_ongoing_requests=64,
+)
+class LLMServer:
+    async def __init__(self, spec: EngineSpec) -> None:
+        # Before vLLM is imported: per-process engine settings must be in place when its modules load.
+        os.environ.update(spec.env)
+        model, served = await asyncio.to_thread(resolve_llm, spec.model)
+        logger.info("Starting vLLM for llm %r: %s (served as %s)", spec.llm, model, served)
+        self.engine = VLLMEngine(model, served, spec.engine_args)
+        await self.engine.start()
+
+    async def generate(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[EngineReply | str]:
+        async for item in self.engine.generate(endpoint, body):
+            yield item
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,97 @@
+"""The routing policy: from similarity scores, or an explicit model name, to a route.
+
+Pure logic, no Ray and no model: the classifier deployment and the evaluation harness feed it
+scores; the ingress asks it which route a named model means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from serve_app.errors import OpenAIError
+
+Reason = Literal["classified", "context", "below_threshold", "no_text", "explicit", "classifier_error"]
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    route: str
+    reason: Reason
+    score: float | None = None  # the winning route's score
+    margin: float | None = None  # winner minus runner-up
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.reason in ("below_threshold", "no_text", "classifier_error")
+
+
+class RoutingPolicy:
+    """Pick the best-scoring route if it clears its threshold, else the default route.
+
+    Candidates are tried in order (the last user turn, then the recent conversation): a follow-up
+    such as "and now in Rust?" is not confident alone, but the conversation around it is.
+    """
+
+    def __init__(self, thresholds: Mapping[str, float], default_route: str) -> None:
+        if default_route not in thresholds:
+            raise ValueError(f"default route {default_route!r} has no threshold")
+        self.thresholds = dict(thresholds)
+        self.default_route = default_route
+
+    def decide(self, candidates: Sequence[Mapping[str, float]]) -> RoutingDecision:
+        if not candidates:
+            return RoutingDecision(self.default_route, "no_text")
+        first: RoutingDecision | None = None
+        for i, scores in enumerate(candidates):
+            ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+            best, best_score = ranked[0]
+            margin = best_score - ranked[1][1] if len(ranked) > 1 else None
+            if best_score >= self.thresholds[best]:
+                return RoutingDecision(best, "classified" if i == 0 else "context", best_score, margin, dict(scores))
+            if first is None:
+                first = RoutingDecision(self.default_route, "below_threshold", best_score, margin, dict(scores))
+        assert first is not None
+        return first
+
+
+@dataclass(frozen=True)
+class RouteTarget:
+    route: str
+    llm: str  # name of the LLM config entry
+    deployment: str
+    configured_model: str  # what the config asks for
+    served_model: str  # what actually answers (the embedded model on the CPU fallback)
+    fallback: bool  # True when the CPU fallback replaced the configured model
+
+
+class RouteTable:
+    """Which LLM answers each route, and which route an explicit ``model`` name means."""
+
+    def __init__(self, targets: Sequence[RouteTarget], default_route: str) -> None:
+        self.targets = {t.route: t for t in targets}
+        self.default_route = default_route
+        self._aliases: dict[str, str] = {}
+        # Route names win; a model id that several routes share means the default route if it is one of them.
+        ordered = sorted(targets, key=lambda t: t.route != default_route)
+        for t in ordered:
+            for alias in (t.configured_model, t.served_model, t.llm):
+                self._aliases.setdefault(alias, t.route)
+        for t in targets:
+            self._aliases[t.route] = t.route
+
+    def explicit_route(self, model: str) -> str:
+        """The route a request that names ``model`` goes to, without classification."""
+        try:
+            return self._aliases[model]
+        except KeyError:
+            known = ", ".join(["auto", *self.targets])
+            raise OpenAIError(
+                404, f"The model {model!r} does not exist. Use 'auto' (or omit 'model') to route by content, "
+                f"or one of: {known}.", code="model_not_found", param="model",
+            ) from None
+
+    def __getitem__(self, route: str) -> RouteTarget:
+        return self.targets[route]

