@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = ROOT / "serve_config.yaml"
+DEV_SET = ROOT.parent / "shared" / "eval" / "dev.jsonl"
+
+
+@pytest.fixture(scope="session")
+def serve_config() -> dict:
+    return yaml.safe_load(SERVE_CONFIG.read_text())
+
+
+@pytest.fixture(scope="session")
+def router_args(serve_config) -> dict:
+    return serve_config["applications"][0]["args"]

