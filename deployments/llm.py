@@ -10,6 +10,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app import kvcached
 from serve_app.embedded import resolve_llm
 from serve_app.placement import EngineSpec
 from serve_app.vllm_engine import EngineReply, Endpoint, VLLMEngine
@@ -18,7 +19,9 @@ logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(
-    # An engine start loads weights and compiles (minutes on CPU, longer while kvcached waits for memory).
+    # An engine start loads weights and compiles: minutes, longer while kvcached waits for GPU memory. Serve
+    # puts no time limit on __init__ and health-checks a replica only once it is ready, so these apply to
+    # a running engine, whose check is a flag read: 60 s only trips on a wedged replica.
     health_check_period_s=10,
     health_check_timeout_s=60,
     graceful_shutdown_timeout_s=30,
@@ -26,8 +29,15 @@ logger = logging.getLogger("ray.serve")
 )
 class LLMServer:
     async def __init__(self, spec: EngineSpec) -> None:
-        # Before vLLM is imported: per-process engine settings must be in place when its modules load.
-        os.environ.update(spec.env)
+        context = serve.get_replica_context()
+        env = kvcached.replica_env(spec.env, context.deployment, context.replica_id.unique_id)
+        if kvcached.enabled(env):
+            # Fail now, saying what to install or turn off, rather than deep inside vLLM minutes later.
+            kvcached.require_runtime(await asyncio.to_thread(kvcached.probe_runtime))
+            logger.info("kvcached on for llm %r: KV cache segment %s", spec.llm, env[kvcached.IPC_NAME])
+        # Before vLLM is imported: per-process engine settings must be in place when its modules load, and the
+        # engine-core process vLLM spawns inherits them.
+        os.environ.update(env)
         model, served = await asyncio.to_thread(resolve_llm, spec.model)
         logger.info("Starting vLLM for llm %r: %s (served as %s)", spec.llm, model, served)
         self.engine = VLLMEngine(model, served, spec.engine_args)

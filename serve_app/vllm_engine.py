@@ -1,8 +1,9 @@
 """One vLLM engine in this process, answering OpenAI requests with vLLM's own serving code.
 
-No Ray here: the LLM deployment is a thin shell around ``VLLMEngine``. The engine runs in the
-calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so per-process settings such as kvcached's
-IPC name apply to exactly one engine.
+No Ray here: the LLM deployment is a thin shell around ``VLLMEngine``. vLLM 0.29's ``AsyncLLM``
+always runs its engine core (scheduler, KV cache and, on one GPU, the model) in one child process,
+spawned inside a Ray actor, which inherits the caller's environment: one engine per replica, so
+per-process settings such as kvcached's IPC name apply to exactly one engine.
 
 Every call is an async generator whose first item is an ``EngineReply``: either a whole JSON body
 (a non-streaming answer, or an error with its status) or ``body=None``, after which the

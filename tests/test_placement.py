@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+
+import pytest
+
+from serve_app import kvcached
 from serve_app.config import RouterConfig
-from serve_app.placement import CLASSIFIER, plan, resolve_accelerator
+from serve_app.placement import CLASSIFIER, GIB, describe, main, plan, resolve_accelerator
+
+LLMS = ("llm-code", "llm-math", "llm-general")
+KVCACHED_ENV = {"ENABLE_KVCACHED": "true", "KVCACHED_AUTOPATCH": "1", "KVCACHED_CONTIGUOUS_LAYOUT": "false",
+                "KVCACHED_GPU_UTILIZATION": "0.9"}
 
 
 def test_auto_picks_gpu_only_when_the_cluster_has_one():
@@ -18,7 +28,7 @@ def test_gpu_plan_uses_configured_models_and_fractions(router_args):
     code = p.deployments["llm-code"]
     assert code.ray_actor_options == {"num_cpus": 2, "num_gpus": 0.3}
     assert code.engine.model == "deepseek-ai/deepseek-coder-1.3b-instruct"
-    assert code.engine.engine_args == {"max_model_len": 4096}
+    assert code.engine.engine_args["max_model_len"] == 4096
     assert p.deployments[CLASSIFIER].ray_actor_options["num_gpus"] == 0.1
     gpus = sum(d.ray_actor_options.get("num_gpus", 0) for d in p.deployments.values())
     assert gpus <= 1.0  # the whole graph shares one GPU
@@ -36,3 +46,103 @@ def test_cpu_plan_falls_back_to_the_embedded_model(router_args):
         assert d.engine.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert all(t.fallback and t.served_model == "SmolLM2-135M-Instruct" for t in p.targets)
     assert sum(d.ray_actor_options["num_cpus"] for d in p.deployments.values()) <= 2  # fits a 2-core box
+
+
+# ---- the GPU profile, as serve_config.yaml ships it ---------------------------------------------------------
+
+@pytest.fixture
+def gpu_views(serve_config):
+    return {v.name: v for v in describe(serve_config["applications"][0], "gpu")}
+
+
+def test_gpu_profile_resources_per_deployment(gpu_views):
+    assert gpu_views["Classifier"].ray_actor_options == {"num_cpus": 1, "num_gpus": 0.1}
+    for name in LLMS:
+        assert gpu_views[name].ray_actor_options == {"num_cpus": 2, "num_gpus": 0.3}
+    for name in ("Ingress", "StatsRecorder"):
+        assert "num_gpus" not in gpu_views[name].ray_actor_options
+
+
+def test_each_llm_autoscales_on_its_own(gpu_views):
+    # A burst of code questions scales llm-code only: each LLM has its own autoscaling config, the rest are fixed.
+    for name in LLMS:
+        a = gpu_views[name].autoscaling
+        assert (a.min_replicas, a.max_replicas, a.target_ongoing_requests) == (1, 2, 16)
+        assert (a.upscale_delay_s, a.downscale_delay_s) == (30, 900)  # cold starts are minutes: slow to let go
+    for name in ("Ingress", "Classifier", "StatsRecorder"):
+        assert gpu_views[name].autoscaling is None and gpu_views[name].replicas == (1, 1)
+    gpus_at_min = sum(v.ray_actor_options.get("num_gpus", 0) * v.replicas[0] for v in gpu_views.values())
+    assert gpus_at_min == pytest.approx(1.0)  # the whole graph on one GPU until something scales
+
+
+def test_gpu_profile_engines_run_kvcached_without_prefix_caching(gpu_views):
+    for name in LLMS:
+        view = gpu_views[name]
+        assert KVCACHED_ENV.items() <= view.env.items()
+        assert view.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        assert view.per_replica_env == {kvcached.IPC_NAME: f"kvcached_{name}_<replica id>"}
+        assert view.engine_args["enable_prefix_caching"] is False
+        assert "gpu_memory_utilization" not in view.engine_args  # a logical cap under kvcached: vLLM's default
+
+
+def test_kvcached_leaves_the_classifier_its_share(router_args):
+    args = copy.deepcopy(router_args)
+    args["classifier"]["num_gpus"] = 0
+    env = plan(RouterConfig.model_validate(args), "gpu").deployments["llm-code"].engine.env
+    assert env["KVCACHED_GPU_UTILIZATION"] == "0.95"
+
+
+def test_an_llm_may_turn_prefix_caching_back_on_and_cap_its_kv_cache(router_args):
+    args = copy.deepcopy(router_args)
+    args["llms"][0]["engine_args"]["enable_prefix_caching"] = True
+    args["llms"][0]["kv_cache_gib"] = 6
+    engine = plan(RouterConfig.model_validate(args), "gpu").deployments["llm-code"].engine
+    assert engine.engine_args["enable_prefix_caching"] is True
+    assert engine.engine_args["kv_cache_memory_bytes"] == 6 * GIB
+
+
+def test_without_kvcached_each_engine_reserves_its_ray_share(router_args):
+    args = copy.deepcopy(router_args)
+    args["kvcached"]["enabled"] = False
+    args["llms"][1]["engine_args"]["gpu_memory_utilization"] = 0.25
+    p = plan(RouterConfig.model_validate(args), "gpu")
+    code, math = p.deployments["llm-code"].engine, p.deployments["llm-math"].engine
+    assert code.engine_args["gpu_memory_utilization"] == 0.3
+    assert math.engine_args["gpu_memory_utilization"] == 0.25  # set by the user: kept
+    assert not any(k.startswith("KVCACHED") or k == "ENABLE_KVCACHED" for k in code.env)
+    assert "enable_prefix_caching" not in code.engine_args
+
+
+def test_cpu_fallback_ignores_kvcached_and_says_so(router_args, caplog):
+    with caplog.at_level(logging.INFO, logger="serve_app.placement"):
+        p = plan(RouterConfig.model_validate(router_args), "cpu")
+    assert "kvcached is GPU-only" in caplog.text
+    for name in LLMS:
+        engine = p.deployments[name].engine
+        assert not kvcached.enabled(engine.env) and "KVCACHED_GPU_UTILIZATION" not in engine.env
+        assert engine.engine_args == {"dtype": "float32", "max_model_len": 2048}
+
+
+def test_secrets_are_masked(serve_config):
+    app = copy.deepcopy(serve_config["applications"][0])
+    app["runtime_env"] = {"env_vars": {"HF_TOKEN": "hf_abc", "OPENAI_API_KEY": "sk", "DB_PASSWORD": "pw",
+                                       "MY_SECRET": "s", "HF_HOME": "/cache"}}
+    env = {v.name: v.env for v in describe(app, "gpu")}["llm-code"]
+    assert {k: env[k] for k in ("HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD", "MY_SECRET")} == dict.fromkeys(
+        ("HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD", "MY_SECRET"), "****")
+    assert env["HF_HOME"] == "/cache"
+
+
+def test_placement_cli_prints_every_deployment(capsys):
+    from tests.conftest import SERVE_CONFIG
+
+    assert main([str(SERVE_CONFIG), "--accelerator", "gpu"]) == 0
+    out = capsys.readouterr().out
+    for name in ("Ingress", "Classifier", "StatsRecorder", *LLMS):
+        assert f"\n{name}\n" in out
+    assert "GPU fraction  0.3" in out and "autoscaling 1..2" in out and "downscale after 900s" in out
+    assert "KVCACHED_IPC_NAME=kvcached_llm-code_<replica id>  (set in each replica)" in out
+    assert "GPUs in use: 1 at the fewest replicas, 1.9 at the most" in out
+    assert main([str(SERVE_CONFIG), "--accelerator", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "KVCACHED" not in out and "VLLM_CPU_KVCACHE_SPACE=1" in out
