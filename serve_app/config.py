@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app import kvcached
 from serve_app.embedded import EMBEDDED_PREFIX, MINILM, SMOLLM2
+from serve_app.keywords import compile_pattern
 
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -32,6 +34,9 @@ class LLMConfig(StrictModel):
     )
     num_gpus: float = Field(0.3, gt=0, description="GPU share of one replica (fractions share a GPU).")
     num_cpus: float = Field(1.0, ge=0)
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="GPU profile: cap on this model's KV cache (vLLM kv_cache_memory_bytes); "
+        "with kvcached, the most of the shared pool this model may map.")
 
     @field_validator("engine_args")
     @classmethod
@@ -39,6 +44,31 @@ class LLMConfig(StrictModel):
         owned = {"model", "served_model_name"} & value.keys()
         if owned:
             raise ValueError(f"engine_args may not set {sorted(owned)}: use the llm's 'model' field")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kv_cap(self) -> LLMConfig:
+        if self.kv_cache_gib is not None and "kv_cache_memory_bytes" in self.engine_args:
+            raise ValueError("set kv_cache_gib or engine_args.kv_cache_memory_bytes, not both")
+        return self
+
+
+class KeywordRules(StrictModel):
+    """Whole-word, case-insensitive regular expressions checked before similarity (serve_app/keywords.py)."""
+
+    force: list[str] = Field(default_factory=list, description="A match sends the request here, whatever the scores.")
+    exclude: list[str] = Field(default_factory=list, description="A match rules this route out for the request.")
+
+    @field_validator("force", "exclude")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip():
+                raise ValueError("keyword patterns may not be blank")
+            try:
+                compile_pattern(pattern)
+            except re.error as exc:
+                raise ValueError(f"keyword pattern {pattern!r} is not a valid regular expression: {exc}") from None
         return value
 
 
@@ -50,6 +80,7 @@ class RouteConfig(StrictModel):
     description: str = ""
     examples: list[str] = Field(min_length=1)
     threshold: float | None = Field(None, ge=-1, le=1, description="Overrides classifier.threshold.")
+    keywords: KeywordRules = KeywordRules()
 
     @field_validator("examples")
     @classmethod
@@ -80,6 +111,34 @@ class CPUFallbackConfig(StrictModel):
     small_num_cpus: float = Field(0.05, ge=0, description="Ray CPUs per ingress, classifier and stats replica.")
 
 
+class KvcachedConfig(StrictModel):
+    """kvcached: elastic KV cache, so the LLM engines on one GPU share its memory as load comes and goes.
+
+    GPU profile only (ignored, with a log line, on the CPU fallback). Needs the kvcached package in every GPU
+    replica's environment: see docs/gpu.md.
+    """
+
+    enabled: bool = False
+    gpu_utilization: float = Field(
+        0.95, gt=0, le=1, description="KVCACHED_GPU_UTILIZATION: share of the GPU all engines together may fill. "
+        "Lowered to 1 - classifier.num_gpus while the classifier shares the GPU.")
+    contiguous_layout: bool = Field(
+        False, description="KVCACHED_CONTIGUOUS_LAYOUT: the contiguous layout costs about 30% throughput on GQA models.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Other KVCACHED_* variables, e.g. KVCACHED_LOG_LEVEL: DEBUG.")
+
+    @field_validator("env")
+    @classmethod
+    def _only_other_kvcached_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        foreign = sorted(k for k in value if not k.startswith("KVCACHED_"))
+        if foreign:
+            raise ValueError(f"env takes KVCACHED_* variables only, not {foreign}")
+        owned = sorted(kvcached.OWNED_ENV & value.keys())
+        if owned:
+            raise ValueError(f"env may not set {owned}: they come from the fields above or are set per replica")
+        return value
+
+
 class RouterConfig(StrictModel):
     """Top level of the application ``args``."""
 
@@ -92,6 +151,7 @@ class RouterConfig(StrictModel):
     llms: list[LLMConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(min_length=1)
     cpu_fallback: CPUFallbackConfig = CPUFallbackConfig()
+    kvcached: KvcachedConfig = KvcachedConfig()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> RouterConfig:

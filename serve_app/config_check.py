@@ -79,6 +79,20 @@ def load(path: str | Path) -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
+def router_args_index(config: dict[str, Any]) -> int:
+    """Index of the (first) application this project builds in a Serve config."""
+    for i, application in enumerate(config.get("applications") or []):
+        if application.get("import_path") == BUILDER:
+            return i
+    raise ValueError(f"no application with import_path {BUILDER!r}")
+
+
+def load_router_config(path: str | Path) -> RouterConfig:
+    """The validated ``args`` of this project's application in a Serve config file."""
+    config = load(path)
+    return RouterConfig.model_validate(config["applications"][router_args_index(config)].get("args") or {})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = argv[0] if argv else "serve_config.yaml"

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from serve_app.errors import OpenAIError
+from serve_app.keywords import NO_HITS, KeywordHits
 
-Reason = Literal["classified", "context", "below_threshold", "no_text", "explicit", "classifier_error"]
+Reason = Literal["classified", "context", "keyword", "below_threshold", "no_text", "explicit", "classifier_error"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class RoutingDecision:
     route: str
     reason: Reason
     score: float | None = None  # the winning route's score
-    margin: float | None = None  # winner minus runner-up
+    margin: float | None = None  # winner minus runner-up (negative when a keyword overrode the scores)
     scores: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -32,7 +33,8 @@ class RoutingPolicy:
     """Pick the best-scoring route if it clears its threshold, else the default route.
 
     Candidates are tried in order (the last user turn, then the recent conversation): a follow-up
-    such as "and now in Rust?" is not confident alone, but the conversation around it is.
+    such as "and now in Rust?" is not confident alone, but the conversation around it is. A
+    candidate's keyword hits come first: an excluded route cannot win it, a forced one wins it.
     """
 
     def __init__(self, thresholds: Mapping[str, float], default_route: str) -> None:
@@ -41,20 +43,35 @@ class RoutingPolicy:
         self.thresholds = dict(thresholds)
         self.default_route = default_route
 
-    def decide(self, candidates: Sequence[Mapping[str, float]]) -> RoutingDecision:
+    def decide(self, candidates: Sequence[Mapping[str, float]],
+               hits: Sequence[KeywordHits] = ()) -> RoutingDecision:
         if not candidates:
             return RoutingDecision(self.default_route, "no_text")
         first: RoutingDecision | None = None
         for i, scores in enumerate(candidates):
-            ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+            hit = hits[i] if i < len(hits) else NO_HITS
+            allowed = {r: s for r, s in scores.items() if r not in hit.excluded}
+            forced = [r for r in allowed if r in hit.forced]
+            ranked = sorted(allowed.items(), key=lambda kv: kv[1], reverse=True)
+            if forced:
+                best = max(forced, key=allowed.__getitem__)
+                return RoutingDecision(best, "keyword", allowed[best], _margin(best, allowed), dict(scores))
+            if not ranked:
+                continue  # every route excluded: the next candidate, or the default route
             best, best_score = ranked[0]
-            margin = best_score - ranked[1][1] if len(ranked) > 1 else None
             if best_score >= self.thresholds[best]:
-                return RoutingDecision(best, "classified" if i == 0 else "context", best_score, margin, dict(scores))
+                reason: Reason = "classified" if i == 0 else "context"
+                return RoutingDecision(best, reason, best_score, _margin(best, allowed), dict(scores))
             if first is None:
-                first = RoutingDecision(self.default_route, "below_threshold", best_score, margin, dict(scores))
-        assert first is not None
-        return first
+                first = RoutingDecision(self.default_route, "below_threshold", best_score, _margin(best, allowed),
+                                        dict(scores))
+        return first or RoutingDecision(self.default_route, "below_threshold", scores=dict(candidates[0]))
+
+
+def _margin(route: str, allowed: Mapping[str, float]) -> float | None:
+    """The route's score minus the best other allowed route's."""
+    others = [s for r, s in allowed.items() if r != route]
+    return allowed[route] - max(others) if others else None
 
 
 @dataclass(frozen=True)

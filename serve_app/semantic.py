@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from serve_app.config import ClassifierConfig, RouteConfig
+from serve_app.config import ClassifierConfig, RouteConfig, RouterConfig
 from serve_app.embedded import resolve_encoder
+from serve_app.keywords import KeywordHits, KeywordMatcher
 from serve_app.routing import RoutingDecision, RoutingPolicy
 
 logger = logging.getLogger("serve_app.semantic")
@@ -41,18 +43,22 @@ def load_encoder(model: str, device: str | None = None) -> Any:
 
 
 class ExampleIndex:
-    """Unit-norm embeddings of every route's examples; a route scores the mean of its k nearest."""
+    """Unit-norm embeddings of every route's examples; a route scores the mean of its k nearest.
+
+    Measured on the dev set against the nearest example alone (k=1), the centroid of each route and a
+    logistic-regression head over the examples, the mean of the k nearest was best (docs/routing.md).
+    """
 
     def __init__(self, encoder: Any, routes: Sequence[RouteConfig], top_k: int) -> None:
         self.route_names = [r.name for r in routes]
         self.top_k = top_k
         self._examples = [encode(encoder, r.examples) for r in routes]
 
-    def scores(self, queries: np.ndarray) -> list[dict[str, float]]:
+    def scores(self, queries: np.ndarray, top_k: int | None = None) -> list[dict[str, float]]:
         per_route = []
         for examples in self._examples:
             sims = queries @ examples.T  # cosine: both sides are unit vectors
-            k = min(self.top_k, sims.shape[1])
+            k = min(top_k or self.top_k, sims.shape[1])
             nearest = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
             per_route.append(nearest.mean(axis=1))
         matrix = np.stack(per_route, axis=1)
@@ -63,6 +69,33 @@ def encode(encoder: Any, texts: Sequence[str]) -> np.ndarray:
     return encoder.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """What the policy decides on for one request: per candidate text, its scores and keyword hits."""
+
+    scores: list[dict[str, float]]
+    hits: list[KeywordHits]
+
+
+@dataclass(frozen=True)
+class RouteModel:
+    """Everything built from the routes; swapped as one object so a batch never sees a mix."""
+
+    index: ExampleIndex
+    keywords: KeywordMatcher
+    policy: RoutingPolicy
+
+    def candidates(self, queries: Sequence[Sequence[str]], embeddings: np.ndarray,
+                   top_k: int | None = None) -> list[Candidates]:
+        """Group the flat ``embeddings`` of all queries' texts back into one Candidates per query."""
+        scores = self.index.scores(embeddings, top_k) if len(embeddings) else []
+        out, i = [], 0
+        for texts in queries:
+            out.append(Candidates(scores[i:i + len(texts)], [self.keywords.hits(t) for t in texts]))
+            i += len(texts)
+        return out
+
+
 class SemanticClassifier:
     def __init__(self, encoder: Any, config: ClassifierConfig, routes: Sequence[RouteConfig],
                  default_route: str) -> None:
@@ -70,19 +103,26 @@ class SemanticClassifier:
         self.configure(config, routes, default_route)
 
     def configure(self, config: ClassifierConfig, routes: Sequence[RouteConfig], default_route: str) -> None:
-        """(Re)build the example index and thresholds; the encoder stays loaded."""
-        index = ExampleIndex(self.encoder, routes, config.top_k)
+        """(Re)build the example index, keyword rules and thresholds; the encoder stays loaded."""
         thresholds = {r.name: config.threshold if r.threshold is None else r.threshold for r in routes}
-        # Swap both at once so a concurrent batch sees the old or the new routes, never a mix.
-        self.index, self.policy = index, RoutingPolicy(thresholds, default_route)
+        keywords = KeywordMatcher({r.name: r.keywords.force for r in routes},
+                                  {r.name: r.keywords.exclude for r in routes})
+        self.routing = RouteModel(ExampleIndex(self.encoder, routes, config.top_k), keywords,
+                                  RoutingPolicy(thresholds, default_route))
+
+    def embed(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
+        """Unit vectors of every candidate text of every query, flattened in order, in one encoder call."""
+        flat = [text for texts in queries for text in texts]
+        return encode(self.encoder, flat) if flat else np.zeros((0, 0))
 
     def classify_many(self, queries: Sequence[Sequence[str]]) -> list[RoutingDecision]:
         """Classify several requests in one encoder call; each request is its candidate texts in order."""
-        index, policy = self.index, self.policy
-        flat = [text for texts in queries for text in texts]
-        scores = index.scores(encode(self.encoder, flat)) if flat else []
-        decisions, i = [], 0
-        for texts in queries:
-            decisions.append(policy.decide(scores[i:i + len(texts)]))
-            i += len(texts)
-        return decisions
+        routing = self.routing
+        return [routing.policy.decide(c.scores, c.hits)
+                for c in routing.candidates(queries, self.embed(queries))]
+
+
+def from_router_config(config: RouterConfig, encoder: Any | None = None) -> SemanticClassifier:
+    """The classifier exactly as the deployment builds it from the same config (for the offline tools)."""
+    encoder = encoder if encoder is not None else load_encoder(config.classifier.model)
+    return SemanticClassifier(encoder, config.classifier, config.routes, config.default_route)

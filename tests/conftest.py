@@ -18,3 +18,11 @@ def serve_config() -> dict:
 @pytest.fixture(scope="session")
 def router_args(serve_config) -> dict:
     return serve_config["applications"][0]["args"]
+
+
+@pytest.fixture(scope="session")
+def encoder(router_args):
+    """The shipped embedding model, loaded once for every test that needs it."""
+    from serve_app.semantic import load_encoder
+
+    return load_encoder(router_args["classifier"]["model"])

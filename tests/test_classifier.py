@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import json
+import re
 
 import pytest
 
 from serve_app.config import RouterConfig
+from serve_app.labelled import load_labelled
+from serve_app.metrics import classification_scores
 from serve_app.requests import parse_request
-from serve_app.semantic import ClassifierLoadError, SemanticClassifier, load_encoder
+from serve_app.semantic import ClassifierLoadError, SemanticClassifier, from_router_config, load_encoder
 from tests.conftest import DEV_SET
 
-# Floor for the development set with the shipped examples and threshold. Measured 0.89 macro-F1
-# (Nov 2026); the floor leaves room for encoder/library drift, not for a worse router.
-DEV_MACRO_F1_FLOOR = 0.85
+# Floors on the held-out half of the development set (serve_app.labelled.part_of; the thresholds and
+# top_k were fitted on the other half). Measured 0.975 macro-F1 and a lowest class recall of 0.963;
+# the floors leave room for encoder/library drift, not for a worse router.
+DEV_HOLDOUT_MACRO_F1_FLOOR = 0.96
+DEV_HOLDOUT_RECALL_FLOOR = 0.93
 
 
 @pytest.fixture(scope="module")
-def classifier(router_args) -> SemanticClassifier:
-    config = RouterConfig.model_validate(router_args)
-    return SemanticClassifier(load_encoder(config.classifier.model), config.classifier, config.routes,
-                              config.default_route)
+def classifier(router_args, encoder) -> SemanticClassifier:
+    return from_router_config(RouterConfig.model_validate(router_args), encoder)
 
 
 @pytest.mark.parametrize("text, route", [
@@ -61,10 +63,33 @@ def test_missing_model_is_a_clear_startup_error(tmp_path):
         load_encoder(str(tmp_path / "no-such-model"))
 
 
-def test_development_set_macro_f1_floor(classifier):
-    from sklearn.metrics import f1_score
+def test_development_set_holdout_floor(classifier):
+    items = load_labelled(DEV_SET, part="holdout")
+    predicted = [d.route for d in classifier.classify_many([i.texts for i in items])]
+    scores = classification_scores([i.label for i in items], predicted, ["code", "math", "general"])
+    recalls = {label: round(c.recall, 3) for label, c in scores.per_class.items()}
+    assert scores.macro_f1 >= DEV_HOLDOUT_MACRO_F1_FLOOR, f"macro-F1 {scores.macro_f1:.3f} on {len(items)} items"
+    assert min(recalls.values()) >= DEV_HOLDOUT_RECALL_FLOOR, f"recall per class {recalls}"
 
-    rows = [json.loads(line) for line in DEV_SET.read_text().splitlines()]
-    predicted = [d.route for d in classifier.classify_many([(r["text"],) for r in rows])]
-    macro_f1 = f1_score([r["label"] for r in rows], predicted, average="macro")
-    assert macro_f1 >= DEV_MACRO_F1_FLOOR, f"macro-F1 {macro_f1:.3f} on {len(rows)} dev items"
+
+def test_a_new_category_needs_only_config(router_args, encoder):
+    # A creative-writing route: its examples, and general's poems and stories moved over to it.
+    routes = []
+    for route in router_args["routes"]:
+        if route["name"] == "general":
+            route = {**route, "examples": [e for e in route["examples"] if not re.search("poem|haiku|short story", e)]}
+        routes.append(route)
+    moved = [e for e in router_args["routes"][2]["examples"] if re.search("poem|haiku|short story", e)]
+    creative = {"name": "creative", "llm": "general", "examples": [
+        *moved, "Write a sonnet about the sea", "Invent a bedtime story about a dragon who is afraid of the dark",
+        "Write song lyrics about leaving home", "Compose a limerick about a forgetful wizard",
+        "Write a short scene where two old friends meet at a train station",
+        "Create a fairy tale set in a city under the ocean", "Write a free-verse poem about city lights at night",
+        "Describe an alien planet for the opening chapter of a science fiction novel"]}
+    config = RouterConfig.model_validate({**router_args, "routes": [*routes, creative]})
+    routed = from_router_config(config, encoder).classify_many([(q,) for q in (
+        "Compose song lyrics about a rainy afternoon in London", "Write a poem about the moon",
+        "Write a story for children about a brave little tugboat", "Write a Python function that reverses a string",
+        "What is 12% of 250?", "Write a polite email asking for a refund")])
+    assert [d.route for d in routed] == ["creative"] * 3 + ["code", "math", "general"]
+    assert all(d.reason == "classified" and set(d.scores) == {"code", "math", "general", "creative"} for d in routed)

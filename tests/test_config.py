@@ -101,3 +101,32 @@ def test_a_new_category_is_configuration_only(router_args):
     args["routes"].append({"name": "creative", "llm": "general", "examples": ["Write a sonnet about rain"]})
     config = RouterConfig.model_validate(args)
     assert config.route("creative").llm == "general"
+
+
+def test_kvcached_block_is_strict(router_args):
+    args = copy.deepcopy(router_args)
+    args["kvcached"]["enabeld"] = True
+    assert "kvcached.enabeld: Extra inputs are not permitted" in _error(args)
+    args = copy.deepcopy(router_args)
+    args["kvcached"]["gpu_utilization"] = 1.5
+    assert "kvcached.gpu_utilization" in _error(args)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"HF_TOKEN": "x"}, "KVCACHED_* variables only"),
+    ({"KVCACHED_IPC_NAME": "shared"}, "may not set ['KVCACHED_IPC_NAME']"),
+    ({"KVCACHED_GPU_UTILIZATION": "0.5"}, "may not set ['KVCACHED_GPU_UTILIZATION']"),
+])
+def test_kvcached_env_takes_only_the_other_kvcached_variables(router_args, env, message):
+    args = copy.deepcopy(router_args)
+    args["kvcached"]["env"] = env
+    assert message in _error(args)
+    args["kvcached"]["env"] = {"KVCACHED_LOG_LEVEL": "DEBUG"}
+    assert RouterConfig.model_validate(args).kvcached.env == {"KVCACHED_LOG_LEVEL": "DEBUG"}
+
+
+def test_one_kv_cache_cap_per_llm(router_args):
+    args = copy.deepcopy(router_args)
+    args["llms"][0]["kv_cache_gib"] = 4
+    args["llms"][0]["engine_args"] = {"kv_cache_memory_bytes": 1 << 30}
+    assert "set kv_cache_gib or engine_args.kv_cache_memory_bytes, not both" in _error(args)

@@ -1,0 +1,216 @@
+"""Fit the classifier's decision parameters on a labelled file: top_k and per-route thresholds.
+
+    python -m serve_app.calibrate --data labelled.jsonl [--config serve_config.yaml] [--part tune] [--write]
+
+Prints a YAML snippet to set in the config, or with ``--write`` sets the values in the file itself
+(comments kept). A request whose best route scores below that route's threshold abstains: it goes
+to the default route, so the default route needs no threshold.
+
+The search maximises macro-F1: each top_k of a small grid, then per-route thresholds by coordinate
+ascent on a 0.01 grid. Where several values score the same, the middle of that plateau is kept: it
+is the choice least tied to the exact items of the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from serve_app.config import RouterConfig, describe_error
+from serve_app.config_check import router_args_index
+from serve_app.eval import add_data_args, load_inputs
+from serve_app.labelled import LabelledItem
+from serve_app.metrics import classification_scores
+from serve_app.routing import RoutingPolicy
+from serve_app.semantic import Candidates, SemanticClassifier, from_router_config
+
+TOP_KS = (1, 3, 5, 7, 10)
+GRID = tuple(round(float(v), 2) for v in np.arange(0.0, 0.61, 0.01))
+_PASSES = 4
+
+
+@dataclass(frozen=True)
+class Fit:
+    top_k: int
+    thresholds: dict[str, float]  # every route but the default one
+    macro_f1: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    before: Fit  # the config as it is
+    after: Fit
+    n: int
+
+
+def _measure(cands: Sequence[Candidates], labels: Sequence[str], thresholds: dict[str, float],
+             default_route: str, order: Sequence[str]) -> tuple[float, float]:
+    policy = RoutingPolicy(thresholds, default_route)
+    predicted = [policy.decide(c.scores, c.hits).route for c in cands]
+    s = classification_scores(labels, predicted, order)
+    return s.macro_f1, s.accuracy
+
+
+def fit_thresholds(cands: Sequence[Candidates], labels: Sequence[str], start: dict[str, float],
+                   default_route: str, grid: Sequence[float] = GRID) -> dict[str, float]:
+    """Coordinate ascent on macro-F1, one route's threshold at a time, from ``start``."""
+    order = list(start)
+    thresholds = dict(start)
+    for _ in range(_PASSES):
+        changed = False
+        for route in order:
+            if route == default_route:
+                continue  # abstaining sends a request there anyway
+            results = [(_measure(cands, labels, {**thresholds, route: v}, default_route, order), v) for v in grid]
+            best = max(r for r, _ in results)
+            plateau = [v for r, v in results if r == best]
+            value = plateau[len(plateau) // 2]
+            changed |= value != thresholds[route]
+            thresholds[route] = value
+        if not changed:
+            break
+    return thresholds
+
+
+def calibrate(classifier: SemanticClassifier, config: RouterConfig, items: Sequence[LabelledItem],
+              top_ks: Sequence[int] = TOP_KS, grid: Sequence[float] = GRID) -> Calibration:
+    routes = [r.name for r in config.routes]
+    labels = [i.label for i in items]
+    unknown = sorted(set(labels) - set(routes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not routes of the config ({routes})")
+    queries = [i.texts for i in items]
+    embeddings = classifier.embed(queries)  # once: only the scoring changes with top_k
+    current = dict(classifier.routing.policy.thresholds)
+    k0 = config.classifier.top_k
+
+    def candidates(k: int) -> list[Candidates]:
+        return classifier.routing.candidates(queries, embeddings, top_k=k)
+
+    before = Fit(k0, current, *_measure(candidates(k0), labels, current, config.default_route, routes))
+    fits = []
+    for k in dict.fromkeys([k0, *top_ks]):  # the current value first: it wins ties
+        cands = candidates(k)
+        thresholds = fit_thresholds(cands, labels, current, config.default_route, grid)
+        fits.append(Fit(k, thresholds, *_measure(cands, labels, thresholds, config.default_route, routes)))
+    after = max(fits, key=lambda f: (f.macro_f1, f.accuracy))  # max keeps the first of equals
+    after = Fit(after.top_k, {r: v for r, v in after.thresholds.items() if r != config.default_route},
+                after.macro_f1, after.accuracy)
+    return Calibration(before, after, len(items))
+
+
+def snippet(cal: Calibration, source: str) -> str:
+    b, a = cal.before, cal.after
+    lines = [f"# serve_app.calibrate on {source} ({cal.n} items): macro-F1 {b.macro_f1:.3f} -> {a.macro_f1:.3f}, "
+             f"accuracy {b.accuracy:.3f} -> {a.accuracy:.3f}",
+             "# Set these keys in applications[].args of the Serve config (or run again with --write):",
+             "classifier:", f"  top_k: {a.top_k}", "routes:"]
+    for route, value in a.thresholds.items():
+        lines += [f"  - name: {route}", f"    threshold: {value:.2f}"]
+    return "\n".join(lines)
+
+
+class ConfigEditError(RuntimeError):
+    pass
+
+
+def write_calibration(path: str | Path, fit: Fit) -> None:
+    """Set top_k and the thresholds in the file, keeping its comments; verified by parsing it back."""
+    text = Path(path).read_text()
+    lines = text.splitlines(keepends=True)
+    app = router_args_index(yaml.safe_load(text))
+    start = _nth_line(lines, r"\s*args:\s*(#.*)?", app)
+    classifier = _block_start(lines, r"classifier:", start)
+    _set_key(lines, classifier, "top_k", str(fit.top_k))
+    routes = _block_start(lines, r"routes:", start)
+    for route, value in fit.thresholds.items():
+        entry = _block_start(lines, rf"- name:\s*{re.escape(route)}", routes)
+        _set_key(lines, entry, "threshold", f"{value:.2f}", after="llm")
+    new = "".join(lines)
+    expected = yaml.safe_load(text)
+    args = expected["applications"][app]["args"]
+    args.setdefault("classifier", {})["top_k"] = fit.top_k
+    for r in args["routes"]:
+        if r["name"] in fit.thresholds:
+            r["threshold"] = fit.thresholds[r["name"]]
+    if yaml.safe_load(new) != expected:
+        raise ConfigEditError(f"could not set the values in {path} safely; set them by hand from the snippet")
+    Path(path).write_text(new)
+
+
+def _nth_line(lines: list[str], pattern: str, n: int) -> int:
+    found = [i for i, line in enumerate(lines) if re.fullmatch(pattern, line.rstrip("\n"))]
+    if len(found) <= n:
+        raise ConfigEditError(f"no line matching {pattern!r}")
+    return found[n]
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _block_start(lines: list[str], key: str, after: int) -> int:
+    """The first line inside ``after``'s block that is ``key`` (whatever its indentation and comment)."""
+    for i in range(after + 1, len(lines)):
+        stripped = lines[i].strip()
+        if stripped and not stripped.startswith("#") and _indent(lines[i]) <= _indent(lines[after]):
+            break
+        if re.fullmatch(rf"{key}\s*(#.*)?", stripped):
+            return i
+    raise ConfigEditError(f"no {key!r} under line {after + 1}")
+
+
+def _set_key(lines: list[str], block: int, key: str, value: str, after: str | None = None) -> None:
+    """Replace ``key: <value>`` among the block's fields, or add it (below ``after`` when that field exists)."""
+    insert_at, indent = block + 1, None
+    for i in range(block + 1, len(lines)):
+        stripped = lines[i].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if _indent(lines[i]) <= _indent(lines[block]):
+            break
+        indent = _indent(lines[i]) if indent is None else indent
+        if _indent(lines[i]) != indent:
+            continue  # nested deeper: a field's own value
+        match = re.fullmatch(rf"(\s*){key}:\s*[^#\s]+(\s*#.*)?", lines[i].rstrip("\n"))
+        if match:
+            lines[i] = f"{match.group(1)}{key}: {value}{match.group(2) or ''}\n"
+            return
+        if after and re.match(rf"\s*{after}:", lines[i]):
+            insert_at = i + 1
+    if indent is None:
+        raise ConfigEditError(f"no fields under line {block + 1}")
+    lines.insert(insert_at, f"{' ' * indent}{key}: {value}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.calibrate", description=__doc__.split("\n")[0])
+    add_data_args(parser)
+    parser.add_argument("--top-k", default=",".join(map(str, TOP_KS)),
+                        help="top_k values to try, besides the config's (default: %(default)s)")
+    parser.add_argument("--write", action="store_true", help="set the fitted values in the --config file")
+    args = parser.parse_args(argv)
+    try:
+        config, items = load_inputs(args)
+        top_ks = [int(k) for k in args.top_k.split(",")]
+        cal = calibrate(from_router_config(config), config, items, top_ks)
+        print(snippet(cal, f"{args.data} (part {args.part})"))
+        if args.write:
+            write_calibration(args.config, cal.after)
+            print(f"# written to {args.config}")
+    except (OSError, ValueError, ConfigEditError) as exc:
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Evaluate the deployment's classifier on a labelled JSONL file.
+
+    python -m serve_app.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json] [--plot FILE.png]
+
+Builds the same SemanticClassifier from the same config as the classifier deployment and reads each
+item the way the ingress reads a request (serve_app/labelled.py), one query at a time, so the
+latency is what one request costs. With ``--json`` the last line of stdout is one JSON object:
+accuracy, macro_f1, per_class, confusion, latency_ms ({p50, p99}), n and decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from serve_app.config import RouterConfig, describe_error
+from serve_app.config_check import load_router_config
+from serve_app.labelled import PARTS, LabelledItem, load_labelled
+from serve_app.metrics import Scores, classification_scores
+from serve_app.semantic import SemanticClassifier, from_router_config
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    scores: Scores
+    latency_ms: dict[str, float]
+    decisions: dict[str, int]  # by RoutingDecision.reason
+    predicted: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.predicted),
+                "decisions": self.decisions}
+
+
+def evaluate(classifier: SemanticClassifier, items: Sequence[LabelledItem], order: Sequence[str],
+             progress: bool = True) -> Evaluation:
+    classifier.classify_many([items[0].texts])  # warm-up: the first call pays for lazy initialisation
+    predicted, latencies, reasons = [], [], Counter()
+    for item in tqdm(items, desc="classifying", unit="query", file=sys.stderr, disable=not progress):
+        started = time.perf_counter()
+        decision = classifier.classify_many([item.texts])[0]
+        latencies.append((time.perf_counter() - started) * 1000)
+        predicted.append(decision.route)
+        reasons[decision.reason] += 1
+    p50, p99 = np.percentile(latencies, [50, 99])
+    scores = classification_scores([i.label for i in items], predicted, order)
+    return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)}, dict(reasons), predicted)
+
+
+def format_report(ev: Evaluation) -> str:
+    s = ev.scores
+    width = max(8, *(len(lab) for lab in s.labels))
+    lines = [f"accuracy {s.accuracy:.3f}   macro-F1 {s.macro_f1:.3f}   ({len(ev.predicted)} items)", "",
+             f"{'class':<{width}}  precision  recall     f1  support"]
+    for lab, c in s.per_class.items():
+        lines.append(f"{lab:<{width}}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:5.3f}  {c.support:7d}")
+    lines += ["", "confusion (rows: true label, columns: predicted route)",
+              " " * width + "".join(f"  {lab:>{width}}" for lab in s.labels)]
+    for t in s.labels:
+        lines.append(f"{t:<{width}}" + "".join(f"  {s.confusion[t][p]:>{width}d}" for p in s.labels))
+    lines += ["", f"latency per query: p50 {ev.latency_ms['p50']:.1f} ms, p99 {ev.latency_ms['p99']:.1f} ms",
+              "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(ev.decisions.items()))]
+    return "\n".join(lines)
+
+
+def plot_confusion(scores: Scores, path: str | Path, title: str = "") -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    labels = scores.labels
+    counts = np.array([[scores.confusion[t][p] for p in labels] for t in labels])
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # colour by recall, so classes compare
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 2.2, 1.2 * len(labels) + 1.8))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted route")
+    ax.set_ylabel("true label")
+    ax.set_title(title or f"accuracy {scores.accuracy:.3f}, macro-F1 {scores.macro_f1:.3f}", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="JSONL: {'text' or 'messages', 'label'[, 'id']} per line")
+    parser.add_argument("--config", default="serve_config.yaml", help="Serve config file (default: %(default)s)")
+    parser.add_argument("--part", choices=PARTS, default="all",
+                        help="half of the file, split by a hash of each id: tune on one, report on the other")
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[RouterConfig, list[LabelledItem]]:
+    config = load_router_config(args.config)
+    return config, load_labelled(args.data, config.classifier.context_turns, args.part)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.eval", description=__doc__.split("\n")[0])
+    add_data_args(parser)
+    parser.add_argument("--json", action="store_true", help="end stdout with one line of JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix to a PNG")
+    args = parser.parse_args(argv)
+    try:
+        config, items = load_inputs(args)
+    except (OSError, ValueError) as exc:  # a missing file, a bad line or config: one readable line
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    ev = evaluate(from_router_config(config), items, [r.name for r in config.routes])
+    print(f"{args.data} (part {args.part}) with {args.config}")
+    print(format_report(ev))
+    if args.plot:
+        plot_confusion(ev.scores, args.plot, f"{Path(args.data).name} ({args.part}): accuracy "
+                       f"{ev.scores.accuracy:.3f}, macro-F1 {ev.scores.macro_f1:.3f}")
+        print(f"confusion matrix: {args.plot}")
+    if args.json:
+        print(json.dumps(ev.as_json()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Calibration: fitted thresholds and top_k never make the file they were fitted on worse."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from serve_app import calibrate as cal
+from serve_app.config import RouterConfig
+from serve_app.config_check import load_router_config
+from serve_app.labelled import load_labelled
+from serve_app.semantic import Candidates, from_router_config
+from tests.conftest import SERVE_CONFIG
+
+ITEMS = [
+    ("Write a Java method that checks whether a year is a leap year", "code"),
+    ("Why does my Python loop skip every other element when I remove items?", "code"),
+    ("Explain what this SQL does: SELECT * FROM users WHERE age > 30", "code"),
+    ("What is the sum of the first 50 odd numbers?", "math"),
+    ("A shirt costs $40 after a 20% discount. What was the original price?", "math"),
+    ("Find the derivative of ln(x^2 + 1)", "math"),
+    ("What are the main causes of inflation?", "general"),
+    ("Write a birthday message for my grandmother", "general"),
+    ("Which countries were part of the Allied powers in World War II?", "general"),
+]
+
+
+def _candidates(code_scores: list[float]) -> list[Candidates]:
+    return [Candidates([{"code": s, "general": 0.15}], []) for s in code_scores]
+
+
+def test_thresholds_land_in_the_middle_of_the_best_plateau():
+    # Code items score 0.30 and up, general ones at most 0.20: any code threshold in (0.20, 0.30] is perfect.
+    cands = _candidates([0.30, 0.35, 0.4, 0.18, 0.2, 0.16])
+    labels = ["code"] * 3 + ["general"] * 3
+    fitted = cal.fit_thresholds(cands, labels, {"code": 0.0, "general": 0.5}, "general")
+    assert 0.2 < fitted["code"] <= 0.3 and fitted["code"] == pytest.approx(0.25, abs=0.011)
+    assert fitted["general"] == 0.5  # the default route's threshold is never consulted
+    assert cal._measure(cands, labels, fitted, "general", ["code", "general"]) == (1.0, 1.0)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in ITEMS))
+    return path
+
+
+def _strict_config(router_args) -> RouterConfig:
+    """The shipped routes with thresholds far too high: most requests abstain to general."""
+    routes = [{**r, "threshold": 0.6} for r in router_args["routes"]]
+    return RouterConfig.model_validate({**router_args, "routes": routes})
+
+
+def test_calibration_improves_or_keeps_accuracy(router_args, encoder, data_file):
+    config = _strict_config(router_args)
+    items = load_labelled(data_file, config.classifier.context_turns)
+    result = cal.calibrate(from_router_config(config, encoder), config, items, top_ks=(1, 3, 5))
+    assert result.after.macro_f1 >= result.before.macro_f1 and result.after.accuracy >= result.before.accuracy
+    assert result.before.accuracy < 0.7 and result.after.accuracy == 1.0
+    assert set(result.after.thresholds) == {"code", "math"}  # not the default route
+    assert result.after.top_k in (1, 3, 5)
+
+    # The fitted values, put in the config, give what calibration promised.
+    routes = [r.model_copy(update={"threshold": result.after.thresholds.get(r.name, r.threshold)})
+              for r in config.routes]
+    classifier = config.classifier.model_copy(update={"top_k": result.after.top_k})
+    fitted = config.model_copy(update={"routes": routes, "classifier": classifier})
+    predicted = [d.route for d in from_router_config(fitted, encoder).classify_many([i.texts for i in items])]
+    assert predicted == [lab for _, lab in ITEMS]
+
+
+def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
+        router_args, encoder, data_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("serve_app.semantic.load_encoder", lambda model: encoder)
+    text = SERVE_CONFIG.read_text()
+    # Start from routes without thresholds of their own (so --write must add them) and a top_k to change.
+    text = re.sub(r"\n +threshold: [0-9.]+\n", "\n", text)
+    text = re.sub(r"top_k: \d+", "top_k: 10", text)
+    config_path = tmp_path / "serve_config.yaml"
+    config_path.write_text(text)
+
+    assert cal.main(["--data", str(data_file), "--config", str(config_path), "--top-k", "3,5", "--write"]) == 0
+    out = capsys.readouterr().out
+    snippet = yaml.safe_load(out)
+    assert snippet["classifier"]["top_k"] in (3, 5, 10)  # the current value is always tried, and wins ties
+    assert [r["name"] for r in snippet["routes"]] == ["code", "math"]
+
+    written = config_path.read_text()
+    assert [line for line in written.splitlines() if line.lstrip().startswith("#")] == \
+        [line for line in text.splitlines() if line.lstrip().startswith("#")]
+    config = load_router_config(config_path)
+    assert config.classifier.top_k == snippet["classifier"]["top_k"]
+    assert {r.name: r.threshold for r in config.routes} == {
+        **{r["name"]: r["threshold"] for r in snippet["routes"]}, "general": None}
+    # Nothing else changed.
+    before = yaml.safe_load(text)["applications"][0]["args"]
+    after = yaml.safe_load(written)["applications"][0]["args"]
+    for r in after["routes"]:
+        r.pop("threshold", None)
+    after["classifier"]["top_k"] = before["classifier"]["top_k"]
+    assert after == before
+
+
+def test_write_sets_existing_values_in_place(tmp_path):
+    config_path = tmp_path / "serve_config.yaml"
+    config_path.write_text(SERVE_CONFIG.read_text())
+    cal.write_calibration(config_path, cal.Fit(7, {"code": 0.31, "math": 0.12}, 1.0, 1.0))
+    written = config_path.read_text()
+    assert "        top_k: 7                      # score = mean similarity" in written
+    config = load_router_config(config_path)
+    assert (config.classifier.top_k, config.route("code").threshold, config.route("math").threshold) == (7, 0.31, 0.12)
+    assert len(written.splitlines()) == len(SERVE_CONFIG.read_text().splitlines())

@@ -1,0 +1,116 @@
+"""The evaluation CLI, its metrics and the labelled-file reader."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from serve_app import eval as eval_cli
+from serve_app.config import RouterConfig
+from serve_app.labelled import LabelledDataError, load_labelled, part_of
+from serve_app.metrics import classification_scores
+from serve_app.semantic import from_router_config
+from tests.conftest import DEV_SET, SERVE_CONFIG
+
+ITEMS = [
+    {"text": "Write a Python function that merges two dictionaries", "label": "code"},
+    {"text": "What is the integral of 2x from 0 to 3?", "label": "math"},
+    {"text": "Recommend a good book about the history of Japan", "label": "general"},
+    {"id": "follow-up", "label": "code", "messages": [
+        {"role": "user", "content": "Write a Python function that reverses a linked list"},
+        {"role": "assistant", "content": "def reverse(head): ..."},
+        {"role": "user", "content": "and now in Rust?"},
+    ]},
+    {"label": "math", "messages": [
+        {"role": "system", "content": "You are a friendly assistant for a travel agency."},
+        {"role": "user", "content": "How many ways can the letters of the word LEVEL be arranged?"},
+    ]},
+    # Deliberately labelled general: the numbers must not all be 1.0.
+    {"text": "Solve 2x + 3 = 11 for x", "label": "general"},
+]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "small.jsonl"
+    path.write_text("\n".join(json.dumps(item) for item in ITEMS) + "\n")
+    return path
+
+
+@pytest.fixture
+def shared_encoder(monkeypatch, encoder):
+    monkeypatch.setattr("serve_app.semantic.load_encoder", lambda model: encoder)
+    return encoder
+
+
+def test_eval_json_on_text_and_messages(data_file, shared_encoder, router_args, capsys):
+    assert eval_cli.main(["--data", str(data_file), "--config", str(SERVE_CONFIG), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert {"accuracy", "macro_f1", "per_class", "confusion", "latency_ms"} <= result.keys()
+    assert result["n"] == len(ITEMS)
+
+    # The same classifier over the same reading of the file gives the same numbers.
+    config = RouterConfig.model_validate(router_args)
+    items = load_labelled(data_file, config.classifier.context_turns)
+    predicted = [d.route for d in from_router_config(config, shared_encoder).classify_many([i.texts for i in items])]
+    truth = [i["label"] for i in ITEMS]
+    assert predicted[3] == "code"  # the follow-up is read with its conversation
+    assert predicted[5] == "math"  # the mislabelled one
+    expected = classification_scores(truth, predicted, ["code", "math", "general"])
+    assert result["accuracy"] == pytest.approx(expected.accuracy) == pytest.approx(5 / 6)
+    assert result["macro_f1"] == pytest.approx(expected.macro_f1)
+    assert result["confusion"]["general"]["math"] == 1
+    assert sum(sum(row.values()) for row in result["confusion"].values()) == len(ITEMS)
+    assert {k: v["support"] for k, v in result["per_class"].items()} == {"code": 2, "math": 2, "general": 2}
+    assert result["per_class"]["general"]["recall"] == pytest.approx(0.5)
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert any(line.startswith("accuracy 0.833") for line in out)  # the readable report comes first
+
+
+def test_eval_plot(data_file, shared_encoder, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "plots" / "confusion.png"
+    eval_cli.main(["--data", str(data_file), "--config", str(SERVE_CONFIG), "--plot", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_match_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = random.Random(7)
+    truth = [rng.choice(["code", "math", "general"]) for _ in range(200)]
+    predicted = [t if rng.random() < 0.7 else rng.choice(["code", "math", "other"]) for t in truth]
+    s = classification_scores(truth, predicted, ["code", "math", "general"])
+    assert s.labels == ["code", "math", "general", "other"]
+    assert s.accuracy == pytest.approx(metrics.accuracy_score(truth, predicted))
+    assert s.macro_f1 == pytest.approx(metrics.f1_score(truth, predicted, average="macro", zero_division=0))
+    p, r, f, n = metrics.precision_recall_fscore_support(truth, predicted, labels=s.labels, zero_division=0)
+    for i, label in enumerate(s.labels):
+        c = s.per_class[label]
+        assert (c.precision, c.recall, c.f1, c.support) == pytest.approx((p[i], r[i], f[i], n[i]))
+
+
+def test_split_is_deterministic_disjoint_and_about_half():
+    ids = [json.loads(line)["id"] for line in DEV_SET.read_text().splitlines()]
+    tune = load_labelled(DEV_SET, part="tune")
+    holdout = load_labelled(DEV_SET, part="holdout")
+    assert {i.key for i in tune}.isdisjoint(i.key for i in holdout)
+    assert len(tune) + len(holdout) == len(ids)
+    assert 0.4 < len(holdout) / len(ids) < 0.6
+    assert [part_of(k) for k in ("mbpp/312", "mbpp/312")] == [part_of("mbpp/312")] * 2
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "hi"}', "'label'"),
+    ('{"label": "code"}', "'text'"),
+    ('{"label": "code", "messages": []}', "non-empty"),
+    ("not json", "not JSON"),
+])
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine", "label": "general"}\n' + line + "\n")
+    with pytest.raises(LabelledDataError, match=message) as info:
+        load_labelled(path)
+    assert f"{path}:2" in str(info.value)
