@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import OpenAIError, error_body, status_phrase
 from serve_app.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
-from serve_app.routing import RouteTable, RouteTarget, RoutingDecision, RoutingPolicy
+from serve_app.routing import RouteTable, RouteTarget, RoutingDecision
 from serve_app.stats import RequestRecord
 from serve_app.vllm_engine import EngineReply
 
@@ -68,7 +69,7 @@ def _upstream_error(exc: Exception, target: RouteTarget) -> OpenAIError:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return OpenAIError(504, f"The {target.route} model did not answer in time.", code="timeout")
     logger.error("LLM deployment %s failed: %s", target.deployment, exc)
-    return OpenAIError(503 if "ActorDied" in type(exc).__name__ or "Unavailable" in type(exc).__name__ else 500,
+    return OpenAIError(503 if isinstance(exc, (ActorDiedError, ActorUnavailableError)) else 500,
                        f"The {target.route} model failed to answer ({type(exc).__name__}).", code="upstream_error")
 
 
@@ -94,7 +95,6 @@ class Ingress:
         self.table = RouteTable(targets, user_config["default_route"])
         self.context_turns = user_config["context_turns"]
         self.request_timeout_s = user_config["request_timeout_s"]
-        self.no_text_policy = RoutingPolicy({t.route: 0.0 for t in targets}, user_config["default_route"])
 
     # ---- OpenAI endpoints ------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class Ingress:
 
     async def _classify(self, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
         if not texts:
-            return self.no_text_policy.decide([]), None
+            return RoutingDecision(self.table.default_route, "no_text"), None
         started = time.perf_counter()
         try:
             decision = await asyncio.wait_for(self.classifier.classify.remote(texts), 30)
