@@ -90,7 +90,8 @@ def main() -> None:
         ctx = contextlib.nullcontext((args.url, None))
     else:
         ctx = serve_run(ROOT / "serve_config.yaml")
-    with ctx as (url, startup_s):
+    with ctx as running:
+        url, startup_s = running[:2]
         result["startup_s"] = None if startup_s is None else round(startup_s, 1)
         result["memory_gib_whole_graph"] = None if args.url else round(used_memory_gib() - baseline, 1)
         result.update(measure(url, args.rounds))

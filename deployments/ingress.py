@@ -23,9 +23,11 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.config import RoutingConfig
 from serve_app.errors import OpenAIError, error_body, status_phrase
+from serve_app.live_routing import LiveRouting
 from serve_app.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
-from serve_app.routing import RouteTable, RouteTarget, RoutingDecision
+from serve_app.routing import LLMTarget, RouteTable, RouteTarget, RoutingDecision
 from serve_app.stats import RequestRecord
 from serve_app.vllm_engine import EngineReply
 
@@ -76,11 +78,16 @@ def _upstream_error(exc: Exception, target: RouteTarget) -> OpenAIError:
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, classifier: DeploymentHandle, llms: dict[str, DeploymentHandle],
-                 stats: DeploymentHandle) -> None:
+    def __init__(self, classifier: DeploymentHandle, llms: dict[str, DeploymentHandle], stats: DeploymentHandle,
+                 llm_targets: list[LLMTarget], request_timeout_s: float) -> None:
         self.classifier = classifier
         self.llms = llms
         self.stats = stats
+        self.llm_targets = llm_targets
+        self.request_timeout_s = request_timeout_s
+        self.live: LiveRouting[tuple[RouteTable, int]] = LiveRouting("Ingress")
+        self.updates = Counter("router_routing_updates", "Routing blocks applied or refused (Serve adds the deployment tag).",
+                               tag_keys=("result",))
         self.requests = Counter("router_requests", "Routed requests by route and decision reason.",
                                 tag_keys=("route", "reason", "status"))
         self.latency = Histogram("router_request_latency_ms", "Time to the full answer or the first stream chunk.",
@@ -90,11 +97,18 @@ class Ingress:
                                           boundaries=[1, 2, 5, 10, 20, 50, 100, 250, 1000])
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        # Routes can change on a live deployment (serve deploy) without restarting anything.
-        targets = [RouteTarget(**t) for t in user_config["targets"]]
-        self.table = RouteTable(targets, user_config["default_route"])
-        self.context_turns = user_config["context_turns"]
-        self.request_timeout_s = user_config["request_timeout_s"]
+        # The routing block changes on a live deployment (serve deploy) without restarting anything; a request
+        # in flight keeps the table it started with.
+        applied = self.live.apply(user_config, self._tables)
+        self.updates.inc(tags={"result": "refused" if applied is None else "applied"})
+        if applied is not None:
+            self.table, self.context_turns = applied
+
+    def _tables(self, routing: RoutingConfig) -> tuple[RouteTable, int]:
+        return RouteTable.from_config(routing, self.llm_targets), routing.context_turns
+
+    def check_health(self) -> None:
+        self.live.require()
 
     # ---- OpenAI endpoints ------------------------------------------------------------------------
 
@@ -121,7 +135,7 @@ class Ingress:
 
     @app.get("/stats")
     async def stats(self) -> dict[str, Any]:
-        return await self.stats.snapshot.remote()
+        return await self.stats.snapshot.remote(list(self.table.targets))
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
@@ -131,23 +145,28 @@ class Ingress:
         # Scaling up or down is healthy: every deployment has ready replicas serving.
         ready = all(s in ("HEALTHY", "UPSCALING", "DOWNSCALING") for s in deployments.values())
         return JSONResponse({"status": "ok" if ready else "unavailable", "application": application.status.value,
-                             "deployments": deployments}, status_code=200 if ready else 503)
+                             "deployments": deployments, "routing": self.live.status()},
+                            status_code=200 if ready else 503)
 
     # ---- routing ---------------------------------------------------------------------------------
 
     async def _route(self, endpoint: Endpoint, request: Request) -> Response:
         started = time.perf_counter()
+        table = self.table  # one table for the whole request, even if a routing update lands meanwhile
         try:
             parsed = parse_request(endpoint, parse_json_body(await request.body()), self.context_turns)
             classify_ms = None
             if parsed.model in (None, AUTO_MODEL):
-                decision, classify_ms = await self._classify(parsed.routing_texts)
+                decision, classify_ms = await self._classify(parsed.routing_texts, table.default_route)
             else:
-                decision = RoutingDecision(self.table.explicit_route(parsed.model), "explicit")
+                decision = RoutingDecision(table.explicit_route(parsed.model), "explicit")
         except OpenAIError as exc:
             self._record(None, "rejected", exc.status, started)
             raise
-        target = self.table[decision.route]
+        if decision.route not in table:
+            # The classifier already serves a routing update this replica has not applied yet (or refused).
+            decision = RoutingDecision(table.default_route, "unknown_route", decision.score)
+        target = table[decision.route]
         headers = _routing_headers(decision, target)
         body = {**parsed.body, "model": target.served_model}
         try:
@@ -160,24 +179,24 @@ class Ingress:
         if first.body is not None:
             self._record(decision, decision.reason, first.status, started, classify_ms)
             return JSONResponse(first.body, status_code=first.status, headers=headers)
-        return StreamingResponse(self._relay(replies, decision, started, classify_ms),
+        return StreamingResponse(self._relay(replies, decision, target, started, classify_ms),
                                  media_type="text/event-stream", headers=headers)
 
-    async def _classify(self, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
+    async def _classify(self, texts: tuple[str, ...], default_route: str) -> tuple[RoutingDecision, float | None]:
         if not texts:
-            return RoutingDecision(self.table.default_route, "no_text"), None
+            return RoutingDecision(default_route, "no_text"), None
         started = time.perf_counter()
         try:
             decision = await asyncio.wait_for(self.classifier.classify.remote(texts), 30)
         except Exception:
             # A request is never lost to the classifier: the default route answers it.
             logger.exception("Classifier failed; sending the request to the default route")
-            return RoutingDecision(self.table.default_route, "classifier_error"), None
+            return RoutingDecision(default_route, "classifier_error"), None
         ms = (time.perf_counter() - started) * 1000
         self.classify_latency.observe(ms)
         return decision, ms
 
-    async def _relay(self, replies: Any, decision: RoutingDecision, started: float,
+    async def _relay(self, replies: Any, decision: RoutingDecision, target: RouteTarget, started: float,
                      classify_ms: float | None) -> AsyncIterator[str]:
         first_ms = None
         status = 200
@@ -191,7 +210,7 @@ class Ingress:
             raise
         except Exception as exc:
             status = 500
-            error = _upstream_error(exc, self.table[decision.route])
+            error = _upstream_error(exc, target)
             yield f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
         finally:
             replies.cancel()

@@ -11,11 +11,11 @@ from serve_app.stats import RequestRecord, RoutingStats
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)
 class StatsRecorder:
-    def __init__(self, routes: list[str]) -> None:
-        self.stats = RoutingStats(routes)
+    def __init__(self) -> None:
+        self.stats = RoutingStats()
 
     def record(self, record: RequestRecord) -> None:
         self.stats.record(record)
 
-    def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot()
+    def snapshot(self, routes: list[str]) -> dict[str, Any]:
+        return self.stats.snapshot(routes)

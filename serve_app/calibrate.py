@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from serve_app.config import RouterConfig, describe_error
-from serve_app.config_check import router_args_index
+from serve_app.config import RoutingConfig, describe_error
 from serve_app.eval import add_data_args, load_inputs
 from serve_app.labelled import LabelledItem
 from serve_app.metrics import classification_scores
 from serve_app.routing import RoutingPolicy
-from serve_app.semantic import Candidates, SemanticClassifier, from_router_config
+from serve_app.semantic import Candidates, SemanticClassifier, from_app_config
+from serve_app.serve_file import INGRESS, application_index, routing_block
 
 TOP_KS = (1, 3, 5, 7, 10)
 GRID = tuple(round(float(v), 2) for v in np.arange(0.0, 0.61, 0.01))
@@ -80,9 +80,9 @@ def fit_thresholds(cands: Sequence[Candidates], labels: Sequence[str], start: di
     return thresholds
 
 
-def calibrate(classifier: SemanticClassifier, config: RouterConfig, items: Sequence[LabelledItem],
+def calibrate(classifier: SemanticClassifier, routing: RoutingConfig, items: Sequence[LabelledItem],
               top_ks: Sequence[int] = TOP_KS, grid: Sequence[float] = GRID) -> Calibration:
-    routes = [r.name for r in config.routes]
+    routes = [r.name for r in routing.routes]
     labels = [i.label for i in items]
     unknown = sorted(set(labels) - set(routes))
     if unknown:
@@ -90,19 +90,19 @@ def calibrate(classifier: SemanticClassifier, config: RouterConfig, items: Seque
     queries = [i.texts for i in items]
     embeddings = classifier.embed(queries)  # once: only the scoring changes with top_k
     current = dict(classifier.routing.policy.thresholds)
-    k0 = config.classifier.top_k
+    k0 = routing.top_k
 
     def candidates(k: int) -> list[Candidates]:
         return classifier.routing.candidates(queries, embeddings, top_k=k)
 
-    before = Fit(k0, current, *_measure(candidates(k0), labels, current, config.default_route, routes))
+    before = Fit(k0, current, *_measure(candidates(k0), labels, current, routing.default_route, routes))
     fits = []
     for k in dict.fromkeys([k0, *top_ks]):  # the current value first: it wins ties
         cands = candidates(k)
-        thresholds = fit_thresholds(cands, labels, current, config.default_route, grid)
-        fits.append(Fit(k, thresholds, *_measure(cands, labels, thresholds, config.default_route, routes)))
+        thresholds = fit_thresholds(cands, labels, current, routing.default_route, grid)
+        fits.append(Fit(k, thresholds, *_measure(cands, labels, thresholds, routing.default_route, routes)))
     after = max(fits, key=lambda f: (f.macro_f1, f.accuracy))  # max keeps the first of equals
-    after = Fit(after.top_k, {r: v for r, v in after.thresholds.items() if r != config.default_route},
+    after = Fit(after.top_k, {r: v for r, v in after.thresholds.items() if r != routing.default_route},
                 after.macro_f1, after.accuracy)
     return Calibration(before, after, len(items))
 
@@ -111,8 +111,9 @@ def snippet(cal: Calibration, source: str) -> str:
     b, a = cal.before, cal.after
     lines = [f"# serve_app.calibrate on {source} ({cal.n} items): macro-F1 {b.macro_f1:.3f} -> {a.macro_f1:.3f}, "
              f"accuracy {b.accuracy:.3f} -> {a.accuracy:.3f}",
-             "# Set these keys in applications[].args of the Serve config (or run again with --write):",
-             "classifier:", f"  top_k: {a.top_k}", "routes:"]
+             f"# Set these keys in the routing block (the user_config of the {INGRESS} deployment) of the Serve "
+             "config, or run again with --write:",
+             f"top_k: {a.top_k}", "routes:"]
     for route, value in a.thresholds.items():
         lines += [f"  - name: {route}", f"    threshold: {value:.2f}"]
     return "\n".join(lines)
@@ -123,22 +124,24 @@ class ConfigEditError(RuntimeError):
 
 
 def write_calibration(path: str | Path, fit: Fit) -> None:
-    """Set top_k and the thresholds in the file, keeping its comments; verified by parsing it back."""
+    """Set top_k and the thresholds in the routing block, keeping comments; verified by parsing the file back."""
     text = Path(path).read_text()
     lines = text.splitlines(keepends=True)
-    app = router_args_index(yaml.safe_load(text))
-    start = _nth_line(lines, r"\s*args:\s*(#.*)?", app)
-    classifier = _block_start(lines, r"classifier:", start)
-    _set_key(lines, classifier, "top_k", str(fit.top_k))
-    routes = _block_start(lines, r"routes:", start)
+    app = application_index(yaml.safe_load(text))
+    start = _nth_line(lines, r"\s*deployments:\s*(#.*)?", app)
+    ingress = _block_start(lines, rf"- name:\s*{INGRESS}", start)
+    # The block is written under the Ingress (an anchor the Classifier shares), so one edit changes both.
+    block = _block_start(lines, r"user_config:(\s*&[\w-]+)?", ingress)
+    _set_key(lines, block, "top_k", str(fit.top_k))
+    routes = _block_start(lines, r"routes:", block)
     for route, value in fit.thresholds.items():
         entry = _block_start(lines, rf"- name:\s*{re.escape(route)}", routes)
         _set_key(lines, entry, "threshold", f"{value:.2f}", after="llm")
     new = "".join(lines)
     expected = yaml.safe_load(text)
-    args = expected["applications"][app]["args"]
-    args.setdefault("classifier", {})["top_k"] = fit.top_k
-    for r in args["routes"]:
+    routing = routing_block(expected["applications"][app])  # the object both deployments share when anchored
+    routing["top_k"] = fit.top_k
+    for r in routing["routes"]:
         if r["name"] in fit.thresholds:
             r["threshold"] = fit.thresholds[r["name"]]
     if yaml.safe_load(new) != expected:
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, items = load_inputs(args)
         top_ks = [int(k) for k in args.top_k.split(",")]
-        cal = calibrate(from_router_config(config), config, items, top_ks)
+        cal = calibrate(from_app_config(config), config.routing, items, top_ks)
         print(snippet(cal, f"{args.data} (part {args.part})"))
         if args.write:
             write_calibration(args.config, cal.after)

@@ -1,13 +1,20 @@
-"""The application's typed configuration: the ``args`` of ``serve_config.yaml``.
+"""The application's typed configuration, in two parts that change differently.
 
-Every model forbids unknown keys, so a typo fails the deploy with a message naming the key
-instead of being silently ignored. Serve's own deployment options (replicas, autoscaling,
-``max_ongoing_requests``) stay in the ``deployments:`` section of the Serve config; resources
-live here because they depend on the accelerator the cluster turns out to have.
+- ``RouterConfig``: the ``args`` of the application (models, resources, accelerator). Serve hashes
+  ``args`` into every deployment's version, so changing them rebuilds the application.
+- ``RoutingConfig``: the routing policy (routes, examples, thresholds), the ``user_config`` of the
+  Ingress and Classifier deployments. Serve hands a change to the running replicas' ``reconfigure``:
+  ``serve deploy`` retunes routing without restarting a replica or dropping a request.
+
+Every model forbids unknown keys, so a typo fails with a message naming the key instead of being
+silently ignored. Serve's own deployment options (replicas, autoscaling, ``max_ongoing_requests``)
+stay in the ``deployments:`` section of the Serve config; resources live in ``args`` because they
+depend on the accelerator the cluster turns out to have.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Literal
 
@@ -79,7 +86,7 @@ class RouteConfig(StrictModel):
     llm: str = Field(description="Name of the entry in 'llms' that answers this route.")
     description: str = ""
     examples: list[str] = Field(min_length=1)
-    threshold: float | None = Field(None, ge=-1, le=1, description="Overrides classifier.threshold.")
+    threshold: float | None = Field(None, ge=-1, le=1, description="Overrides the routing block's threshold.")
     keywords: KeywordRules = KeywordRules()
 
     @field_validator("examples")
@@ -90,11 +97,38 @@ class RouteConfig(StrictModel):
         return value
 
 
-class ClassifierConfig(StrictModel):
-    model: str = Field(f"{EMBEDDED_PREFIX}{MINILM}", description="sentence-transformers model: path, id or embedded.")
+class RoutingConfig(StrictModel):
+    """The routing policy: the ``user_config`` shared by the Ingress and Classifier deployments."""
+
+    default_route: str = Field("general", description="Answers requests no route is confident about.")
     threshold: float = Field(0.2, ge=-1, le=1, description="Below this score a request goes to the default route.")
-    top_k: int = Field(3, ge=1, description="A route's score is the mean similarity of its k nearest examples.")
+    top_k: int = Field(5, ge=1, description="A route's score is the mean similarity of its k nearest examples.")
     context_turns: int = Field(3, ge=1, description="User turns read when the last one alone is not confident.")
+    routes: list[RouteConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> RoutingConfig:
+        _unique("routes", [route.name for route in self.routes])
+        names = {r.name for r in self.routes}
+        if "auto" in names:
+            raise ValueError("'auto' is reserved for classified requests and cannot name a route")
+        if self.default_route not in names:
+            raise ValueError(f"default_route {self.default_route!r} is not a route; routes are {sorted(names)}")
+        return self
+
+    def route(self, name: str) -> RouteConfig:
+        return next(r for r in self.routes if r.name == name)
+
+    @property
+    def version(self) -> str:
+        """A short fingerprint: which routing a replica serves with (/health, logs)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class ClassifierConfig(StrictModel):
+    """The embedding model and its deployment; what it decides comes from the routing block."""
+
+    model: str = Field(f"{EMBEDDED_PREFIX}{MINILM}", description="sentence-transformers model: path, id or embedded.")
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     num_gpus: float = Field(0.1, ge=0, description="GPU share on the GPU profile.")
@@ -140,42 +174,46 @@ class KvcachedConfig(StrictModel):
 
 
 class RouterConfig(StrictModel):
-    """Top level of the application ``args``."""
+    """Top level of the application ``args``: the serving graph."""
 
     accelerator: Literal["auto", "gpu", "cpu"] = Field(
         "auto", description="auto: GPU if the Ray cluster has GPUs when the app is built, else the CPU fallback."
     )
-    default_route: str = "general"
     request_timeout_s: float = Field(600, gt=0, description="Longest wait for an LLM's first reply.")
     classifier: ClassifierConfig = ClassifierConfig()
     llms: list[LLMConfig] = Field(min_length=1)
-    routes: list[RouteConfig] = Field(min_length=1)
     cpu_fallback: CPUFallbackConfig = CPUFallbackConfig()
     kvcached: KvcachedConfig = KvcachedConfig()
 
     @model_validator(mode="after")
-    def _names_resolve(self) -> RouterConfig:
+    def _llm_names_unique(self) -> RouterConfig:
         _unique("llms", [llm.name for llm in self.llms])
-        _unique("routes", [route.name for route in self.routes])
-        route_names = {r.name for r in self.routes}
-        if "auto" in route_names:
-            raise ValueError("'auto' is reserved for classified requests and cannot name a route")
-        llm_names = {llm.name for llm in self.llms}
-        for route in self.routes:
-            if route.llm not in llm_names:
-                raise ValueError(f"route {route.name!r} names llm {route.llm!r}, which is not in llms {sorted(llm_names)}")
-        if self.default_route not in route_names:
-            raise ValueError(f"default_route {self.default_route!r} is not a route; routes are {sorted(route_names)}")
-        unused = llm_names - {r.llm for r in self.routes}
-        if unused:
-            raise ValueError(f"llms {sorted(unused)} serve no route; remove them or point a route at them")
         return self
 
     def llm(self, name: str) -> LLMConfig:
         return next(llm for llm in self.llms if llm.name == name)
 
-    def route(self, name: str) -> RouteConfig:
-        return next(r for r in self.routes if r.name == name)
+
+class AppConfig(StrictModel):
+    """One application of the Serve config file as a whole: what the offline tools and checks read."""
+
+    router: RouterConfig
+    routing: RoutingConfig
+
+    @model_validator(mode="after")
+    def _routes_name_llms(self) -> AppConfig:
+        check_route_llms(self.routing, [llm.name for llm in self.router.llms])
+        unused = {llm.name for llm in self.router.llms} - {r.llm for r in self.routing.routes}
+        if unused:
+            raise ValueError(f"llms {sorted(unused)} serve no route; remove them or point a route at them")
+        return self
+
+
+def check_route_llms(routing: RoutingConfig, llm_names: list[str]) -> None:
+    """Every route must name an LLM the application serves (checked again by each live update)."""
+    for route in routing.routes:
+        if route.llm not in llm_names:
+            raise ValueError(f"route {route.name!r} names llm {route.llm!r}, which is not in llms {sorted(llm_names)}")
 
 
 def _unique(what: str, names: list[str]) -> None:

@@ -2,7 +2,9 @@
 
 Ray Serve silently drops keys it does not know at every level of its config (a typo such as
 ``autoscaling_confg`` just disappears). This walks the file against Ray's own pydantic schemas and
-validates our application ``args`` against ``RouterConfig``.
+validates our application: its ``args`` against ``RouterConfig``, its routing block against
+``RoutingConfig``, and the routes against the LLMs. Run it before ``serve deploy``: a running router
+refuses a bad routing update and keeps the last good one, but the refusal only shows in its logs.
 
     python -m serve_app.config_check serve_config.yaml
 """
@@ -11,15 +13,12 @@ from __future__ import annotations
 
 import sys
 import typing
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
-from serve_app.config import RouterConfig
-
-BUILDER = "serve_app.builder:build_app"
+from serve_app.config import describe_error
+from serve_app.serve_file import BUILDER, app_config, load_yaml
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -61,11 +60,9 @@ def check(config: dict[str, Any]) -> list[str]:
         if application.get("import_path") != BUILDER:
             continue
         try:
-            RouterConfig.model_validate(application.get("args") or {})
-        except Exception as exc:
-            from serve_app.config import describe_error
-
-            problems.append(f"applications[{i}].args: {describe_error(exc)}")
+            app_config({"applications": [application]})
+        except ValueError as exc:
+            problems.append(f"applications[{i}]: {describe_error(exc)}")
         for j, deployment in enumerate(application.get("deployments") or []):
             if "ray_actor_options" in deployment:
                 problems.append(
@@ -74,29 +71,10 @@ def check(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    with open(path) as f:
-        return yaml.safe_load(f)
-
-
-def router_args_index(config: dict[str, Any]) -> int:
-    """Index of the (first) application this project builds in a Serve config."""
-    for i, application in enumerate(config.get("applications") or []):
-        if application.get("import_path") == BUILDER:
-            return i
-    raise ValueError(f"no application with import_path {BUILDER!r}")
-
-
-def load_router_config(path: str | Path) -> RouterConfig:
-    """The validated ``args`` of this project's application in a Serve config file."""
-    config = load(path)
-    return RouterConfig.model_validate(config["applications"][router_args_index(config)].get("args") or {})
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = argv[0] if argv else "serve_config.yaml"
-    problems = check(load(path))
+    problems = check(load_yaml(path))
     for p in problems:
         print(f"{path}: {p}", file=sys.stderr)
     if not problems:

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from serve_app.config import RouterConfig, describe_error
-from serve_app.config_check import load_router_config
+from serve_app.config import AppConfig, describe_error
 from serve_app.labelled import PARTS, LabelledItem, load_labelled
 from serve_app.metrics import Scores, classification_scores
-from serve_app.semantic import SemanticClassifier, from_router_config
+from serve_app.semantic import SemanticClassifier, from_app_config
+from serve_app.serve_file import load_app_config
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                         help="half of the file, split by a hash of each id: tune on one, report on the other")
 
 
-def load_inputs(args: argparse.Namespace) -> tuple[RouterConfig, list[LabelledItem]]:
-    config = load_router_config(args.config)
-    return config, load_labelled(args.data, config.classifier.context_turns, args.part)
+def load_inputs(args: argparse.Namespace) -> tuple[AppConfig, list[LabelledItem]]:
+    config = load_app_config(args.config)
+    return config, load_labelled(args.data, config.routing.context_turns, args.part)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # a missing file, a bad line or config: one readable line
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
-    ev = evaluate(from_router_config(config), items, [r.name for r in config.routes])
+    ev = evaluate(from_app_config(config), items, [r.name for r in config.routing.routes])
     print(f"{args.data} (part {args.part}) with {args.config}")
     print(format_report(ev))
     if args.plot:

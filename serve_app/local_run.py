@@ -1,4 +1,5 @@
-"""Run ``serve run CONFIG`` as a child process on a private local Ray cluster, and wait until healthy.
+"""Run ``serve run CONFIG`` as a child process on a private local Ray cluster, and wait until healthy;
+``serve deploy`` a config onto it.
 
 Used by the end-to-end tests and the benchmarks, so both measure exactly what a user starts.
 """
@@ -6,6 +7,7 @@ Used by the end-to-end tests and the benchmarks, so both measure exactly what a 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,18 +16,27 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
+
+_DASHBOARD = re.compile(r"View the dashboard at (?:\x1b\[[0-9;]*m)*(http://[^\s\x1b]+)")
 
 
 class StartupError(RuntimeError):
     pass
 
 
+class LocalServe(NamedTuple):
+    base_url: str
+    startup_s: float  # until /health answered 200
+    dashboard_url: str  # where `serve deploy -a` and Serve's REST API answer
+
+
 @contextmanager
 def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
-              timeout_s: float = 1200) -> Iterator[tuple[str, float]]:
-    """Yield (base_url, seconds until /health answered 200); stop the cluster on exit."""
+              timeout_s: float = 1200) -> Iterator[LocalServe]:
+    """Yield the running router once healthy; stop the cluster on exit."""
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     log_path = Path(ray_tmp) / "serve-run.log"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
@@ -48,10 +59,26 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
             if time.monotonic() - started > timeout_s:
                 raise StartupError(f"not healthy after {timeout_s:.0f}s:\n{log_path.read_text()[-5000:]}")
             time.sleep(2)
-        yield base_url, time.monotonic() - started
+        found = _DASHBOARD.search(log_path.read_text())
+        yield LocalServe(base_url, time.monotonic() - started, found[1] if found else "http://127.0.0.1:8265")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # a background `serve run` ignores SIGINT
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def auth_token() -> str | None:
+    """The token a local Ray cluster made for itself (Ray 2.60 turns token auth on for new local clusters)."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    return os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.exists() else None)
+
+
+def serve_deploy(config: str | Path, dashboard_url: str) -> subprocess.CompletedProcess[str]:
+    """``RAY_AUTH_MODE=token serve deploy -a DASHBOARD CONFIG``, as a user applies a changed config."""
+    serve_cli = Path(sys.executable).parent / "serve"
+    # The CLI sends the cluster's token only in token mode; without it the dashboard answers 401.
+    env = {**os.environ, "RAY_AUTH_MODE": "token"} if auth_token() else dict(os.environ)
+    return subprocess.run([str(serve_cli), "deploy", "-a", dashboard_url, str(config)], env=env,
+                          capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from serve_app import kvcached
 from serve_app.config import LLMConfig, RouterConfig, deployment_name
 from serve_app.embedded import SMOLLM2, is_embedded
-from serve_app.routing import RouteTarget
+from serve_app.routing import LLMTarget
 
 logger = logging.getLogger("serve_app.placement")
 
@@ -49,7 +49,7 @@ class DeploymentPlan:
 class Plan:
     accelerator: Accelerator
     deployments: dict[str, DeploymentPlan] = field(default_factory=dict)
-    targets: list[RouteTarget] = field(default_factory=list)
+    llms: list[LLMTarget] = field(default_factory=list)  # what the ingress routes to
 
 
 def served_model_name(model: str) -> str:
@@ -117,15 +117,8 @@ def plan(config: RouterConfig, accelerator: Accelerator) -> Plan:
         name = deployment_name(llm.name)
         spec = EngineSpec(llm.name, model, served_model_name(model), engine_args, env)
         result.deployments[name] = DeploymentPlan(name, actor, spec)
+        result.llms.append(LLMTarget(llm.name, name, llm.model, spec.served_model_name, fallback=model != llm.model))
 
-    for route in config.routes:
-        spec = result.deployments[deployment_name(route.llm)].engine
-        assert spec is not None
-        result.targets.append(RouteTarget(
-            route=route.name, llm=route.llm, deployment=deployment_name(route.llm),
-            configured_model=config.llm(route.llm).model, served_model=spec.served_model_name,
-            fallback=spec.model != config.llm(route.llm).model,
-        ))
     return result
 
 

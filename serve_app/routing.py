@@ -10,10 +10,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from serve_app.config import RoutingConfig, check_route_llms
 from serve_app.errors import OpenAIError
 from serve_app.keywords import NO_HITS, KeywordHits
 
-Reason = Literal["classified", "context", "keyword", "below_threshold", "no_text", "explicit", "classifier_error"]
+Reason = Literal["classified", "context", "keyword", "below_threshold", "no_text", "explicit", "classifier_error",
+                 "unknown_route"]
+# Decisions that sent a request to the default route for want of a better one.
+FALLBACK_REASONS = frozenset({"below_threshold", "no_text", "classifier_error", "unknown_route"})
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class RoutingDecision:
 
     @property
     def is_fallback(self) -> bool:
-        return self.reason in ("below_threshold", "no_text", "classifier_error")
+        return self.reason in FALLBACK_REASONS
 
 
 class RoutingPolicy:
@@ -75,13 +79,24 @@ def _margin(route: str, allowed: Mapping[str, float]) -> float | None:
 
 
 @dataclass(frozen=True)
-class RouteTarget:
-    route: str
+class LLMTarget:
+    """One LLM deployment as the ingress sees it; fixed for the life of the application."""
+
     llm: str  # name of the LLM config entry
     deployment: str
     configured_model: str  # what the config asks for
     served_model: str  # what actually answers (the embedded model on the CPU fallback)
     fallback: bool  # True when the CPU fallback replaced the configured model
+
+
+@dataclass(frozen=True)
+class RouteTarget:
+    route: str
+    llm: str
+    deployment: str
+    configured_model: str
+    served_model: str
+    fallback: bool
 
 
 class RouteTable:
@@ -99,6 +114,15 @@ class RouteTable:
         for t in targets:
             self._aliases[t.route] = t.route
 
+    @classmethod
+    def from_config(cls, routing: RoutingConfig, llms: Sequence[LLMTarget]) -> RouteTable:
+        """The table for a routing block; a ValueError if a route names an LLM the application does not serve."""
+        by_name = {t.llm: t for t in llms}
+        check_route_llms(routing, list(by_name))
+        targets = [RouteTarget(r.name, r.llm, by_name[r.llm].deployment, by_name[r.llm].configured_model,
+                               by_name[r.llm].served_model, by_name[r.llm].fallback) for r in routing.routes]
+        return cls(targets, routing.default_route)
+
     def explicit_route(self, model: str) -> str:
         """The route a request that names ``model`` goes to, without classification."""
         try:
@@ -112,3 +136,6 @@ class RouteTable:
 
     def __getitem__(self, route: str) -> RouteTarget:
         return self.targets[route]
+
+    def __contains__(self, route: object) -> bool:
+        return route in self.targets

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.config import ClassifierConfig, RouteConfig, RouterConfig
+from serve_app.config import AppConfig, RouteConfig, RoutingConfig
 from serve_app.embedded import resolve_encoder
 from serve_app.keywords import KeywordHits, KeywordMatcher
 from serve_app.routing import RoutingDecision, RoutingPolicy
@@ -97,18 +97,21 @@ class RouteModel:
 
 
 class SemanticClassifier:
-    def __init__(self, encoder: Any, config: ClassifierConfig, routes: Sequence[RouteConfig],
-                 default_route: str) -> None:
+    def __init__(self, encoder: Any, routing: RoutingConfig) -> None:
         self.encoder = encoder
-        self.configure(config, routes, default_route)
+        self.configure(routing)
 
-    def configure(self, config: ClassifierConfig, routes: Sequence[RouteConfig], default_route: str) -> None:
-        """(Re)build the example index, keyword rules and thresholds; the encoder stays loaded."""
-        thresholds = {r.name: config.threshold if r.threshold is None else r.threshold for r in routes}
+    def configure(self, routing: RoutingConfig) -> None:
+        """(Re)build the example index, keyword rules and thresholds; the encoder stays loaded.
+
+        The new model replaces the old in one assignment, so a batch in flight finishes with the old one.
+        """
+        routes = routing.routes
+        thresholds = {r.name: routing.threshold if r.threshold is None else r.threshold for r in routes}
         keywords = KeywordMatcher({r.name: r.keywords.force for r in routes},
                                   {r.name: r.keywords.exclude for r in routes})
-        self.routing = RouteModel(ExampleIndex(self.encoder, routes, config.top_k), keywords,
-                                  RoutingPolicy(thresholds, default_route))
+        self.routing = RouteModel(ExampleIndex(self.encoder, routes, routing.top_k), keywords,
+                                  RoutingPolicy(thresholds, routing.default_route))
 
     def embed(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
         """Unit vectors of every candidate text of every query, flattened in order, in one encoder call."""
@@ -122,7 +125,7 @@ class SemanticClassifier:
                 for c in routing.candidates(queries, self.embed(queries))]
 
 
-def from_router_config(config: RouterConfig, encoder: Any | None = None) -> SemanticClassifier:
-    """The classifier exactly as the deployment builds it from the same config (for the offline tools)."""
-    encoder = encoder if encoder is not None else load_encoder(config.classifier.model)
-    return SemanticClassifier(encoder, config.classifier, config.routes, config.default_route)
+def from_app_config(config: AppConfig, encoder: Any | None = None) -> SemanticClassifier:
+    """The classifier exactly as the deployment builds it from the same config file (for the offline tools)."""
+    encoder = encoder if encoder is not None else load_encoder(config.router.classifier.model)
+    return SemanticClassifier(encoder, config.routing)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from serve_app.routing import FALLBACK_REASONS
 
 _WINDOW = 2048  # latency samples kept per route: percentiles describe recent traffic
 
@@ -28,10 +31,10 @@ class RequestRecord:
 
 
 class RoutingStats:
-    def __init__(self, routes: list[str]) -> None:
+    def __init__(self) -> None:
         self.started = time.time()
         self.total = 0
-        self.routes: Counter[str] = Counter({r: 0 for r in routes})
+        self.routes: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.streams = 0
@@ -58,12 +61,12 @@ class RoutingStats:
         if r.classify_ms is not None:
             self._classify.append(r.classify_ms)
 
-    def snapshot(self) -> dict[str, Any]:
-        fallbacks = sum(n for reason, n in self.reasons.items() if reason in ("below_threshold", "no_text",
-                                                                             "classifier_error"))
+    def snapshot(self, routes: Sequence[str] = ()) -> dict[str, Any]:
+        """Totals so far; ``routes`` (those configured now) are listed even before their first request."""
+        fallbacks = sum(n for reason, n in self.reasons.items() if reason in FALLBACK_REASONS)
         return {
             "total_requests": self.total,
-            "routes": dict(self.routes),
+            "routes": {**{r: 0 for r in routes}, **self.routes},
             "decisions": dict(self.reasons),
             "fallbacks": fallbacks,
             "errors": {"total": sum(self.errors.values()), "by_status": dict(self.errors)},

@@ -17,7 +17,23 @@ def serve_config() -> dict:
 
 @pytest.fixture(scope="session")
 def router_args(serve_config) -> dict:
+    """The application's args: the serving graph (RouterConfig)."""
     return serve_config["applications"][0]["args"]
+
+
+@pytest.fixture(scope="session")
+def routing_args(serve_config) -> dict:
+    """The routing block: the user_config the Ingress and Classifier deployments share (RoutingConfig)."""
+    from serve_app.serve_file import routing_block
+
+    return routing_block(serve_config["applications"][0])
+
+
+@pytest.fixture(scope="session")
+def app_config(serve_config):
+    from serve_app.serve_file import app_config
+
+    return app_config(serve_config)
 
 
 @pytest.fixture(scope="session")

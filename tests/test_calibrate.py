@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from serve_app import calibrate as cal
-from serve_app.config import RouterConfig
-from serve_app.config_check import load_router_config
+from serve_app.config import AppConfig
 from serve_app.labelled import load_labelled
-from serve_app.semantic import Candidates, from_router_config
+from serve_app.semantic import Candidates, from_app_config
+from serve_app.serve_file import load_app_config, routing_block
 from tests.conftest import SERVE_CONFIG
 
 ITEMS = [
@@ -49,16 +49,16 @@ def data_file(tmp_path):
     return path
 
 
-def _strict_config(router_args) -> RouterConfig:
+def _strict_config(router_args, routing_args) -> AppConfig:
     """The shipped routes with thresholds far too high: most requests abstain to general."""
-    routes = [{**r, "threshold": 0.6} for r in router_args["routes"]]
-    return RouterConfig.model_validate({**router_args, "routes": routes})
+    routes = [{**r, "threshold": 0.6} for r in routing_args["routes"]]
+    return AppConfig.model_validate({"router": router_args, "routing": {**routing_args, "routes": routes}})
 
 
-def test_calibration_improves_or_keeps_accuracy(router_args, encoder, data_file):
-    config = _strict_config(router_args)
-    items = load_labelled(data_file, config.classifier.context_turns)
-    result = cal.calibrate(from_router_config(config, encoder), config, items, top_ks=(1, 3, 5))
+def test_calibration_improves_or_keeps_accuracy(router_args, routing_args, encoder, data_file):
+    config = _strict_config(router_args, routing_args)
+    items = load_labelled(data_file, config.routing.context_turns)
+    result = cal.calibrate(from_app_config(config, encoder), config.routing, items, top_ks=(1, 3, 5))
     assert result.after.macro_f1 >= result.before.macro_f1 and result.after.accuracy >= result.before.accuracy
     assert result.before.accuracy < 0.7 and result.after.accuracy == 1.0
     assert set(result.after.thresholds) == {"code", "math"}  # not the default route
@@ -66,10 +66,10 @@ def test_calibration_improves_or_keeps_accuracy(router_args, encoder, data_file)
 
     # The fitted values, put in the config, give what calibration promised.
     routes = [r.model_copy(update={"threshold": result.after.thresholds.get(r.name, r.threshold)})
-              for r in config.routes]
-    classifier = config.classifier.model_copy(update={"top_k": result.after.top_k})
-    fitted = config.model_copy(update={"routes": routes, "classifier": classifier})
-    predicted = [d.route for d in from_router_config(fitted, encoder).classify_many([i.texts for i in items])]
+              for r in config.routing.routes]
+    routing = config.routing.model_copy(update={"routes": routes, "top_k": result.after.top_k})
+    fitted = config.model_copy(update={"routing": routing})
+    predicted = [d.route for d in from_app_config(fitted, encoder).classify_many([i.texts for i in items])]
     assert predicted == [lab for _, lab in ITEMS]
 
 
@@ -86,22 +86,22 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
     assert cal.main(["--data", str(data_file), "--config", str(config_path), "--top-k", "3,5", "--write"]) == 0
     out = capsys.readouterr().out
     snippet = yaml.safe_load(out)
-    assert snippet["classifier"]["top_k"] in (3, 5, 10)  # the current value is always tried, and wins ties
+    assert snippet["top_k"] in (3, 5, 10)  # the current value is always tried, and wins ties
     assert [r["name"] for r in snippet["routes"]] == ["code", "math"]
 
     written = config_path.read_text()
     assert [line for line in written.splitlines() if line.lstrip().startswith("#")] == \
         [line for line in text.splitlines() if line.lstrip().startswith("#")]
-    config = load_router_config(config_path)
-    assert config.classifier.top_k == snippet["classifier"]["top_k"]
-    assert {r.name: r.threshold for r in config.routes} == {
+    routing = load_app_config(config_path).routing  # also proves Ingress and Classifier still share the block
+    assert routing.top_k == snippet["top_k"]
+    assert {r.name: r.threshold for r in routing.routes} == {
         **{r["name"]: r["threshold"] for r in snippet["routes"]}, "general": None}
     # Nothing else changed.
-    before = yaml.safe_load(text)["applications"][0]["args"]
-    after = yaml.safe_load(written)["applications"][0]["args"]
-    for r in after["routes"]:
+    before = yaml.safe_load(text)
+    after = yaml.safe_load(written)
+    for r in routing_block(after["applications"][0])["routes"]:
         r.pop("threshold", None)
-    after["classifier"]["top_k"] = before["classifier"]["top_k"]
+    routing_block(after["applications"][0])["top_k"] = routing_block(before["applications"][0])["top_k"]
     assert after == before
 
 
@@ -110,7 +110,7 @@ def test_write_sets_existing_values_in_place(tmp_path):
     config_path.write_text(SERVE_CONFIG.read_text())
     cal.write_calibration(config_path, cal.Fit(7, {"code": 0.31, "math": 0.12}, 1.0, 1.0))
     written = config_path.read_text()
-    assert "        top_k: 7                      # score = mean similarity" in written
-    config = load_router_config(config_path)
-    assert (config.classifier.top_k, config.route("code").threshold, config.route("math").threshold) == (7, 0.31, 0.12)
+    assert "          top_k: 7                      # score = mean similarity" in written
+    routing = load_app_config(config_path).routing
+    assert (routing.top_k, routing.route("code").threshold, routing.route("math").threshold) == (7, 0.31, 0.12)
     assert len(written.splitlines()) == len(SERVE_CONFIG.read_text().splitlines())

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from serve_app.config import RouterConfig
+from serve_app.config import AppConfig
 from serve_app.labelled import load_labelled
 from serve_app.metrics import classification_scores
 from serve_app.requests import parse_request
-from serve_app.semantic import ClassifierLoadError, SemanticClassifier, from_router_config, load_encoder
+from serve_app.semantic import ClassifierLoadError, SemanticClassifier, from_app_config, load_encoder
 from tests.conftest import DEV_SET
 
 # Floors on the held-out half of the development set (serve_app.labelled.part_of; the thresholds and
@@ -21,8 +21,8 @@ DEV_HOLDOUT_RECALL_FLOOR = 0.93
 
 
 @pytest.fixture(scope="module")
-def classifier(router_args, encoder) -> SemanticClassifier:
-    return from_router_config(RouterConfig.model_validate(router_args), encoder)
+def classifier(app_config, encoder) -> SemanticClassifier:
+    return from_app_config(app_config, encoder)
 
 
 @pytest.mark.parametrize("text, route", [
@@ -72,22 +72,23 @@ def test_development_set_holdout_floor(classifier):
     assert min(recalls.values()) >= DEV_HOLDOUT_RECALL_FLOOR, f"recall per class {recalls}"
 
 
-def test_a_new_category_needs_only_config(router_args, encoder):
+def test_a_new_category_needs_only_config(router_args, routing_args, encoder):
     # A creative-writing route: its examples, and general's poems and stories moved over to it.
     routes = []
-    for route in router_args["routes"]:
+    for route in routing_args["routes"]:
         if route["name"] == "general":
             route = {**route, "examples": [e for e in route["examples"] if not re.search("poem|haiku|short story", e)]}
         routes.append(route)
-    moved = [e for e in router_args["routes"][2]["examples"] if re.search("poem|haiku|short story", e)]
+    moved = [e for e in routing_args["routes"][2]["examples"] if re.search("poem|haiku|short story", e)]
     creative = {"name": "creative", "llm": "general", "examples": [
         *moved, "Write a sonnet about the sea", "Invent a bedtime story about a dragon who is afraid of the dark",
         "Write song lyrics about leaving home", "Compose a limerick about a forgetful wizard",
         "Write a short scene where two old friends meet at a train station",
         "Create a fairy tale set in a city under the ocean", "Write a free-verse poem about city lights at night",
         "Describe an alien planet for the opening chapter of a science fiction novel"]}
-    config = RouterConfig.model_validate({**router_args, "routes": [*routes, creative]})
-    routed = from_router_config(config, encoder).classify_many([(q,) for q in (
+    config = AppConfig.model_validate({"router": router_args,
+                                       "routing": {**routing_args, "routes": [*routes, creative]}})
+    routed = from_app_config(config, encoder).classify_many([(q,) for q in (
         "Compose song lyrics about a rainy afternoon in London", "Write a poem about the moon",
         "Write a story for children about a brave little tugboat", "Write a Python function that reverses a string",
         "What is 12% of 250?", "Write a polite email asking for a refund")])

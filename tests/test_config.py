@@ -7,21 +7,20 @@ import copy
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import RouterConfig, describe_error
+from serve_app.config import AppConfig, RouterConfig, RoutingConfig, describe_error
 from serve_app.config_check import check
 
 
-def _error(args: dict) -> str:
+def _error(data: dict, model: type = RouterConfig) -> str:
     with pytest.raises(ValidationError) as info:
-        RouterConfig.model_validate(args)
+        model.model_validate(data)
     return describe_error(info.value)
 
 
-def test_shipped_config_is_valid_and_complete(router_args):
-    config = RouterConfig.model_validate(router_args)
-    assert [r.name for r in config.routes] == ["code", "math", "general"]
-    assert config.default_route == "general"
-    assert {llm.name for llm in config.llms} == {"code", "math", "general"}
+def test_shipped_config_is_valid_and_complete(app_config):
+    assert [r.name for r in app_config.routing.routes] == ["code", "math", "general"]
+    assert app_config.routing.default_route == "general"
+    assert {llm.name for llm in app_config.router.llms} == {"code", "math", "general"}
 
 
 def test_serve_config_has_no_key_ray_would_ignore(serve_config):
@@ -44,50 +43,85 @@ def test_ray_actor_options_in_yaml_is_refused(serve_config):
     assert any("ray_actor_options" in p for p in check(bad))
 
 
-@pytest.mark.parametrize("path, key", [
-    (("routes", 0), "exampels"),
-    (("classifier",), "treshold"),
-    (("llms", 1), "gpu"),
-    ((), "accelerater"),
+@pytest.mark.parametrize("path, key, model", [
+    (("classifier",), "treshold", RouterConfig),
+    (("llms", 1), "gpu", RouterConfig),
+    ((), "accelerater", RouterConfig),
+    ((), "routes", RouterConfig),  # the routing block is not part of args
+    (("routes", 0), "exampels", RoutingConfig),
+    (("routes", 0, "keywords"), "forced", RoutingConfig),
+    ((), "treshold", RoutingConfig),
 ])
-def test_unknown_keys_are_rejected_by_name(router_args, path, key):
-    args = copy.deepcopy(router_args)
-    node = args
+def test_unknown_keys_are_rejected_by_name(router_args, routing_args, path, key, model):
+    data = copy.deepcopy(router_args if model is RouterConfig else routing_args)
+    node = data
     for p in path:
         node = node[p]
     node[key] = 1
-    message = _error(args)
+    message = _error(data, model)
     assert key in message and "Extra inputs are not permitted" in message
 
 
-def test_route_must_name_a_known_llm(router_args):
-    args = copy.deepcopy(router_args)
-    args["routes"][0]["llm"] = "nope"
-    assert "names llm 'nope'" in _error(args)
+def _app(router_args, routing_args) -> dict:
+    return {"router": copy.deepcopy(router_args), "routing": copy.deepcopy(routing_args)}
 
 
-def test_default_route_must_exist(router_args):
-    args = copy.deepcopy(router_args)
-    args["default_route"] = "chitchat"
-    assert "default_route 'chitchat' is not a route" in _error(args)
+def test_route_must_name_a_known_llm(router_args, routing_args):
+    app = _app(router_args, routing_args)
+    app["routing"]["routes"][0]["llm"] = "nope"
+    assert "names llm 'nope'" in _error(app, AppConfig)
 
 
-def test_unused_llm_and_duplicate_names_are_rejected(router_args):
-    args = copy.deepcopy(router_args)
-    args["llms"].append({"name": "spare", "model": "x"})
-    assert "serve no route" in _error(args)
-    args = copy.deepcopy(router_args)
-    args["routes"].append(copy.deepcopy(args["routes"][0]))
-    assert "two entries named 'code'" in _error(args)
+def test_default_route_must_exist(routing_args):
+    routing = copy.deepcopy(routing_args)
+    routing["default_route"] = "chitchat"
+    assert "default_route 'chitchat' is not a route" in _error(routing, RoutingConfig)
 
 
-def test_auto_is_reserved_and_examples_required(router_args):
-    args = copy.deepcopy(router_args)
-    args["routes"][0]["name"] = "auto"
-    assert "reserved" in _error(args)
-    args = copy.deepcopy(router_args)
-    args["routes"][0]["examples"] = []
-    assert "routes.0.examples" in _error(args)
+def test_unused_llm_and_duplicate_names_are_rejected(router_args, routing_args):
+    app = _app(router_args, routing_args)
+    app["router"]["llms"].append({"name": "spare", "model": "x"})
+    assert "serve no route" in _error(app, AppConfig)
+    routing = copy.deepcopy(routing_args)
+    routing["routes"].append(copy.deepcopy(routing["routes"][0]))
+    assert "two entries named 'code'" in _error(routing, RoutingConfig)
+
+
+def test_auto_is_reserved_and_examples_required(routing_args):
+    routing = copy.deepcopy(routing_args)
+    routing["routes"][0]["name"] = "auto"
+    assert "reserved" in _error(routing, RoutingConfig)
+    routing = copy.deepcopy(routing_args)
+    routing["routes"][0]["examples"] = []
+    assert "routes.0.examples" in _error(routing, RoutingConfig)
+
+
+def test_routing_version_follows_the_content(routing_args):
+    routing = RoutingConfig.model_validate(routing_args)
+    assert RoutingConfig.model_validate(copy.deepcopy(routing_args)).version == routing.version
+    changed = copy.deepcopy(routing_args)
+    changed["routes"][0]["threshold"] = 0.5
+    assert RoutingConfig.model_validate(changed).version != routing.version
+
+
+def test_routing_block_is_shared_by_ingress_and_classifier(serve_config):
+    deployments = {d["name"]: d for d in serve_config["applications"][0]["deployments"]}
+    assert deployments["Ingress"]["user_config"] is deployments["Classifier"]["user_config"]  # one YAML anchor
+    bad = copy.deepcopy(serve_config)
+    bad["applications"][0]["deployments"][1]["user_config"] = {**bad["applications"][0]["deployments"][0]["user_config"],
+                                                              "threshold": 0.9}
+    assert any("hold different routing blocks" in p for p in check(bad))
+    del bad["applications"][0]["deployments"][1]["user_config"]
+    assert any("['Classifier'] have no user_config" in p for p in check(bad))
+
+
+def test_checker_reports_bad_args_and_bad_routing_together(serve_config):
+    bad = copy.deepcopy(serve_config)
+    bad["applications"][0]["args"]["llms"][0]["gpu"] = 1
+    bad["applications"][0]["deployments"][0]["user_config"]["routes"][1]["exampels"] = []
+    [problem] = check(bad)
+    assert "args: llms.0.gpu: Extra inputs are not permitted" in problem
+    assert "user_config (the routing block): routes.1.exampels: Extra inputs are not permitted" in problem
 
 
 def test_engine_args_cannot_override_the_model(router_args):
@@ -96,11 +130,10 @@ def test_engine_args_cannot_override_the_model(router_args):
     assert "may not set ['model']" in _error(args)
 
 
-def test_a_new_category_is_configuration_only(router_args):
-    args = copy.deepcopy(router_args)
-    args["routes"].append({"name": "creative", "llm": "general", "examples": ["Write a sonnet about rain"]})
-    config = RouterConfig.model_validate(args)
-    assert config.route("creative").llm == "general"
+def test_a_new_category_is_configuration_only(router_args, routing_args):
+    app = _app(router_args, routing_args)
+    app["routing"]["routes"].append({"name": "creative", "llm": "general", "examples": ["Write a sonnet about rain"]})
+    assert AppConfig.model_validate(app).routing.route("creative").llm == "general"
 
 
 def test_kvcached_block_is_strict(router_args):

@@ -8,10 +8,9 @@ import random
 import pytest
 
 from serve_app import eval as eval_cli
-from serve_app.config import RouterConfig
 from serve_app.labelled import LabelledDataError, load_labelled, part_of
 from serve_app.metrics import classification_scores
-from serve_app.semantic import from_router_config
+from serve_app.semantic import from_app_config
 from tests.conftest import DEV_SET, SERVE_CONFIG
 
 ITEMS = [
@@ -45,7 +44,7 @@ def shared_encoder(monkeypatch, encoder):
     return encoder
 
 
-def test_eval_json_on_text_and_messages(data_file, shared_encoder, router_args, capsys):
+def test_eval_json_on_text_and_messages(data_file, shared_encoder, app_config, capsys):
     assert eval_cli.main(["--data", str(data_file), "--config", str(SERVE_CONFIG), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
@@ -53,9 +52,8 @@ def test_eval_json_on_text_and_messages(data_file, shared_encoder, router_args, 
     assert result["n"] == len(ITEMS)
 
     # The same classifier over the same reading of the file gives the same numbers.
-    config = RouterConfig.model_validate(router_args)
-    items = load_labelled(data_file, config.classifier.context_turns)
-    predicted = [d.route for d in from_router_config(config, shared_encoder).classify_many([i.texts for i in items])]
+    items = load_labelled(data_file, app_config.routing.context_turns)
+    predicted = [d.route for d in from_app_config(app_config, shared_encoder).classify_many([i.texts for i in items])]
     truth = [i["label"] for i in ITEMS]
     assert predicted[3] == "code"  # the follow-up is read with its conversation
     assert predicted[5] == "math"  # the mislabelled one

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import RouterConfig, describe_error
+from serve_app.config import RouteConfig, RoutingConfig, describe_error
 from serve_app.keywords import KeywordHits, KeywordMatcher, compile_pattern
 from serve_app.routing import RoutingPolicy
 
@@ -28,8 +28,8 @@ def test_patterns_match_whole_words_only(pattern, text, hit):
     assert bool(compile_pattern(pattern).search(text)) is hit
 
 
-def test_shipped_rules(router_args):
-    config = RouterConfig.model_validate(router_args)
+def test_shipped_rules(routing_args):
+    config = RoutingConfig.model_validate(routing_args)
     matcher = KeywordMatcher({r.name: r.keywords.force for r in config.routes},
                              {r.name: r.keywords.exclude for r in config.routes})
     assert matcher.hits(r"Find $x$ if $\frac12 x + 3 = 7$.").forced == {"math"}
@@ -66,26 +66,24 @@ def test_keyword_in_the_conversation_decides_a_vague_follow_up():
     assert (d.route, d.reason) == ("code", "keyword")
 
 
-def _with_keywords(router_args, keywords) -> dict:
-    routes = [dict(r) for r in router_args["routes"]]
+def _with_keywords(routing_args, keywords) -> dict:
+    routes = [dict(r) for r in routing_args["routes"]]
     routes[0] = {**routes[0], "keywords": keywords}
-    return {**router_args, "routes": routes}
+    return {**routing_args, "routes": routes}
 
 
-def test_bad_patterns_fail_validation_naming_them(router_args):
+def test_bad_patterns_fail_validation_naming_them(routing_args):
     with pytest.raises(ValidationError) as info:
-        RouterConfig.model_validate(_with_keywords(router_args, {"force": ["(unclosed"]}))
+        RoutingConfig.model_validate(_with_keywords(routing_args, {"force": ["(unclosed"]}))
     assert "routes.0.keywords.force" in describe_error(info.value) and "(unclosed" in describe_error(info.value)
     with pytest.raises(ValidationError):
-        RouterConfig.model_validate(_with_keywords(router_args, {"exclude": [" "]}))
+        RoutingConfig.model_validate(_with_keywords(routing_args, {"exclude": [" "]}))
     with pytest.raises(ValidationError, match="Extra inputs"):
-        RouterConfig.model_validate(_with_keywords(router_args, {"forced": ["x"]}))
+        RoutingConfig.model_validate(_with_keywords(routing_args, {"forced": ["x"]}))
 
 
-def test_rules_survive_the_user_config_round_trip(router_args):
-    # The classifier replica rebuilds routes from the user_config dicts the builder sends (deployments/classifier.py).
-    from serve_app.config import RouteConfig
-
-    routes = RouterConfig.model_validate(router_args).routes
+def test_rules_survive_the_user_config_round_trip(routing_args):
+    # Serve sends the routing block to the replicas as JSON (user_config); they validate it again.
+    routes = RoutingConfig.model_validate(routing_args).routes
     assert [RouteConfig(**r.model_dump()) for r in routes] == routes
     assert routes[0].keywords.force

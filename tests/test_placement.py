@@ -32,7 +32,7 @@ def test_gpu_plan_uses_configured_models_and_fractions(router_args):
     assert p.deployments[CLASSIFIER].ray_actor_options["num_gpus"] == 0.1
     gpus = sum(d.ray_actor_options.get("num_gpus", 0) for d in p.deployments.values())
     assert gpus <= 1.0  # the whole graph shares one GPU
-    assert not any(t.fallback for t in p.targets)
+    assert not any(t.fallback for t in p.llms)
 
 
 def test_cpu_plan_falls_back_to_the_embedded_model(router_args):
@@ -44,7 +44,7 @@ def test_cpu_plan_falls_back_to_the_embedded_model(router_args):
         assert d.engine.served_model_name == "SmolLM2-135M-Instruct"
         assert d.engine.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
         assert d.engine.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    assert all(t.fallback and t.served_model == "SmolLM2-135M-Instruct" for t in p.targets)
+    assert all(t.fallback and t.served_model == "SmolLM2-135M-Instruct" for t in p.llms)
     assert sum(d.ray_actor_options["num_cpus"] for d in p.deployments.values()) <= 2  # fits a 2-core box
 
 

@@ -27,9 +27,9 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 @pytest.fixture(scope="module")
 def router():
     try:
-        with serve_run(SERVE_CONFIG, BASE, STARTUP_TIMEOUT_S) as (base_url, startup_s):
-            print(f"\nrouter healthy after {startup_s:.0f}s")
-            yield base_url
+        with serve_run(SERVE_CONFIG, BASE, STARTUP_TIMEOUT_S) as running:
+            print(f"\nrouter healthy after {running.startup_s:.0f}s")
+            yield running.base_url
     except StartupError as exc:
         pytest.fail(str(exc))
 

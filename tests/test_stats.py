@@ -2,15 +2,15 @@ from serve_app.stats import RequestRecord, RoutingStats
 
 
 def test_stats_keep_the_known_shape_and_add_detail():
-    stats = RoutingStats(["code", "math", "general"])
+    stats = RoutingStats()
     stats.record(RequestRecord("code", "classified", 200, 120.0, classify_ms=5.0))
     stats.record(RequestRecord("general", "below_threshold", 200, 80.0, classify_ms=4.0, first_token_ms=30.0,
                                stream=True))
     stats.record(RequestRecord("math", "explicit", 400, 3.0))
     stats.record(RequestRecord(None, "rejected", 400, 1.0))
-    snap = stats.snapshot()
+    snap = stats.snapshot(["code", "math", "general", "creative"])
     assert snap["total_requests"] == 3
-    assert snap["routes"] == {"code": 1, "math": 1, "general": 1}
+    assert snap["routes"] == {"code": 1, "math": 1, "general": 1, "creative": 0}  # configured, not yet asked
     assert snap["fallbacks"] == 1 and snap["rejected"] == 1 and snap["streams"] == 1
     assert snap["errors"] == {"total": 2, "by_status": {"400": 2}}
     assert snap["latency_ms"]["code"]["p50"] == 120.0
