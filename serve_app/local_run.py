@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import httpx
+import psutil
 
 _DASHBOARD = re.compile(r"View the dashboard at (?:\x1b\[[0-9;]*m)*(http://[^\s\x1b]+)")
 
@@ -37,6 +39,10 @@ class LocalServe(NamedTuple):
 def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
               timeout_s: float = 1200) -> Iterator[LocalServe]:
     """Yield the running router once healthy; stop the cluster on exit."""
+    url = httpx.URL(base_url)
+    # A health answer must come from this run, never from a cluster that is still going down.
+    if not _wait_port_free(url.host, url.port or 80, timeout_s=120):
+        raise StartupError(f"{url.host}:{url.port} is still in use by another process")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     log_path = Path(ray_tmp) / "serve-run.log"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
@@ -62,11 +68,38 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
         found = _DASHBOARD.search(log_path.read_text())
         yield LocalServe(base_url, time.monotonic() - started, found[1] if found else "http://127.0.0.1:8265")
     finally:
+        _stop(proc, ray_tmp)
+        _wait_port_free(url.host, url.port or 80, timeout_s=60)
+
+
+def _stop(proc: subprocess.Popen[bytes], ray_tmp: str) -> None:
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # a background `serve run` ignores SIGINT
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Ray's daemons and actors (the HTTP proxy among them) run in sessions of their own and can outlive
+    # the CLI; every one of them inherited our private RAY_TMPDIR, which is how we find them.
+    for leftover in psutil.process_iter():
+        try:
+            if leftover.environ().get("RAY_TMPDIR") == ray_tmp:
+                leftover.kill()
+        except psutil.Error:
+            pass
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
 
 
 def auth_token() -> str | None:
