@@ -40,9 +40,10 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
               timeout_s: float = 1200) -> Iterator[LocalServe]:
     """Yield the running router once healthy; stop the cluster on exit."""
     url = httpx.URL(base_url)
+    host, port = url.host, url.port or 80
     # A health answer must come from this run, never from a cluster that is still going down.
-    if not _wait_port_free(url.host, url.port or 80, timeout_s=120):
-        raise StartupError(f"{url.host}:{url.port} is still in use by another process")
+    if not _wait_port_free(host, port, timeout_s=120):
+        raise StartupError(f"{host}:{port} is still in use by another process")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     log_path = Path(ray_tmp) / "serve-run.log"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
@@ -69,7 +70,7 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
         yield LocalServe(base_url, time.monotonic() - started, found[1] if found else "http://127.0.0.1:8265")
     finally:
         _stop(proc, ray_tmp)
-        _wait_port_free(url.host, url.port or 80, timeout_s=60)
+        _wait_port_free(host, port, timeout_s=60)
 
 
 def _stop(proc: subprocess.Popen[bytes], ray_tmp: str) -> None:
@@ -80,8 +81,8 @@ def _stop(proc: subprocess.Popen[bytes], ray_tmp: str) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # Ray's daemons and actors (the HTTP proxy among them) run in sessions of their own and can outlive
-    # the CLI; every one of them inherited our private RAY_TMPDIR, which is how we find them.
+    # Ray's actors (the HTTP proxy among them) run in process groups of their own and can outlive the
+    # CLI; every one of them inherited our private RAY_TMPDIR, which is how we find them.
     for leftover in psutil.process_iter():
         try:
             if leftover.environ().get("RAY_TMPDIR") == ray_tmp:

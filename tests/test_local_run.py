@@ -1,8 +1,8 @@
 """The `serve run` harness leaves nothing behind: Ray's Serve actors can outlive the CLI (GCS and raylet
 gone, the orphaned HTTP proxy still listening), and a later run would then talk to the old application.
 
-Real processes and a real socket; the listener stands in for Ray's proxy actor, which runs in a session
-of its own and so escapes the CLI's process group.
+Real processes and a real socket; the listener stands in for Ray's proxy actor, which runs in a process
+group of its own and so escapes the CLI's.
 """
 
 from __future__ import annotations
