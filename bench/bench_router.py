@@ -21,7 +21,7 @@ import httpx
 import openai
 import psutil
 
-from serve_app.local_run import serve_run
+from tests.local_serve import serve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = {"code": "Write a Python function to sort a list", "math": "Solve the integral of x^2 dx",

@@ -1,48 +1,44 @@
-"""Classifier deployment: the embedding model, batched across concurrent requests."""
+"""Classifier deployment: the embedding model, batched across concurrent requests.
+
+It embeds and nothing else: which route a request takes is decided by the ingress, the one owner of
+the routing block, so a routing update can never be half applied.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import numpy as np
 from ray import serve
-from ray.serve.metrics import Counter
 
-from serve_app.config import RoutingConfig
-from serve_app.live_routing import LiveRouting
-from serve_app.routing import RoutingDecision
-from serve_app.semantic import SemanticClassifier, load_encoder
+from serve_app.config import ClassifierBatching
+from serve_app.encoder import embed_queries, encode, load_encoder
+from serve_app.live_config import LiveConfig
 
 
-@serve.deployment(max_ongoing_requests=128)
+@serve.deployment
 class Classifier:
-    def __init__(self, model: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005) -> None:
-        # The encoder is loaded once; routes and thresholds come (and change) through reconfigure.
-        self.encoder = load_encoder(model)
-        self.classifier: SemanticClassifier | None = None
-        self.live: LiveRouting[bool] = LiveRouting("Classifier")
-        self.updates = Counter("router_routing_updates", "Routing blocks applied or refused (Serve adds the deployment tag).",
-                               tag_keys=("result",))
-        self.classify.set_max_batch_size(max_batch_size)
-        self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
+    async def __init__(self, model: str) -> None:
+        self.encoder = await asyncio.to_thread(load_encoder, model)
+        self.live = LiveConfig("Classifier", ClassifierBatching, "batching settings")
+        await self.reconfigure({})  # the defaults, until (and unless) the Serve config sets a user_config
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        # Encoding the examples takes a second or two: off the event loop, so classification goes on
-        # with the previous routes until the new ones replace them in one assignment.
-        applied = await asyncio.to_thread(self.live.apply, user_config, self._configure)
-        self.updates.inc(tags={"result": "refused" if applied is None else "applied"})
+        # A refused update is logged and the batching in use stays (serve_app/live_config.py).
+        await self.live.apply(user_config, self._apply)
 
-    def _configure(self, routing: RoutingConfig) -> bool:
-        if self.classifier is None:
-            self.classifier = SemanticClassifier(self.encoder, routing)
-        else:
-            self.classifier.configure(routing)
-        return True
+    async def _apply(self, batching: ClassifierBatching) -> ClassifierBatching:
+        self.embed.set_max_batch_size(batching.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        return batching
 
-    def check_health(self) -> None:
-        self.live.require()
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def classify(self, queries: list[tuple[str, ...]]) -> list[RoutingDecision]:
+    @serve.batch
+    async def embed(self, queries: list[tuple[str, ...]]) -> list[np.ndarray]:
+        """Unit vectors of each request's candidate texts: every text of the batch in one encoder call."""
         # The encoder is CPU/GPU bound: keep the replica's event loop free for the next batch.
-        return await asyncio.to_thread(self.classifier.classify_many, queries)
+        return await asyncio.to_thread(embed_queries, self.encoder, queries)
+
+    async def embed_examples(self, texts: list[str]) -> np.ndarray:
+        """A routing block's examples, when the ingress (re)builds its router: hundreds at once, not batched."""
+        return await asyncio.to_thread(encode, self.encoder, texts)

@@ -1,8 +1,8 @@
-"""Ingress deployment: the OpenAI-compatible HTTP front door.
+"""Ingress deployment: the OpenAI-compatible HTTP front door, and the one owner of the routing block.
 
-request -> parse -> classify (or honour an explicit model) -> LLM deployment -> response.
-Streams are relayed chunk by chunk as the engine produces them; errors leave as OpenAI-style
-JSON with the right status, never as a traceback.
+request -> parse (serve_app/requests.py) -> embed (Classifier) -> decide (serve_app/routing/router.py)
+-> LLM deployment (serve_app/llm_protocol.py) -> response. Streams are relayed chunk by chunk as the
+engine produces them; errors leave as OpenAI-style JSON with the right status, never as a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from functools import partial
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,14 +25,19 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.config import RoutingConfig
-from serve_app.errors import OpenAIError, error_body, status_phrase
-from serve_app.live_routing import LiveRouting
+from serve_app.errors import OpenAIError, status_phrase
+from serve_app.live_config import LiveConfig
+from serve_app.llm_protocol import LLMClient, LLMRequest
+from serve_app.plan import LLMPlan
+from serve_app.request_stats import RequestRecord, RoutingStats
 from serve_app.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
-from serve_app.routing import LLMTarget, RouteTable, RouteTarget, RoutingDecision
-from serve_app.stats import RequestRecord
-from serve_app.vllm_engine import EngineReply
+from serve_app.routing.policy import RoutingDecision
+from serve_app.routing.router import Router, examples_of
 
 logger = logging.getLogger("ray.serve")
+
+STATS_REPORT_S = 1.0  # how stale another ingress replica's requests may be in /stats
+T = TypeVar("T")
 
 app = FastAPI(title="semantic-router", description="One OpenAI endpoint, routed by meaning to a mixture of LLMs.")
 
@@ -45,17 +51,17 @@ async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) and exc.detail != status_phrase(exc.status_code) else (
         f"{status_phrase(exc.status_code)}: see GET /v1/models and POST /v1/chat/completions")
-    return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code)
+    return await _openai_error(_, OpenAIError(exc.status_code, message))
 
 
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error in the router")
-    return JSONResponse(error_body(500, f"Internal error in the router: {type(exc).__name__}"), status_code=500)
+    return await _openai_error(_, OpenAIError(500, f"Internal error in the router: {type(exc).__name__}"))
 
 
 # Helpers stay above the class: @serve.ingress pickles the class by value, with the globals it sees.
-def _routing_headers(decision: RoutingDecision, target: RouteTarget) -> dict[str, str]:
+def _routing_headers(decision: RoutingDecision, target: LLMPlan) -> dict[str, str]:
     headers = {"x-router-category": decision.route, "x-router-model": target.served_model,
                "x-router-reason": decision.reason}
     if decision.score is not None:
@@ -63,31 +69,51 @@ def _routing_headers(decision: RoutingDecision, target: RouteTarget) -> dict[str
     return headers
 
 
-def _upstream_error(exc: Exception, target: RouteTarget) -> OpenAIError:
-    if isinstance(exc, OpenAIError):
-        return exc
+def _upstream_error(exc: BaseException, route: str) -> OpenAIError:
+    """What the client is told when an LLM deployment did not answer."""
+    if isinstance(exc, OpenAIError):  # the LLM's own answer (Ray wraps it in RayTaskError: take the fields)
+        return OpenAIError(exc.status, exc.message, code=exc.code, param=exc.param, type=exc.type)
     if isinstance(exc, BackPressureError):
-        return OpenAIError(503, f"The {target.route} model is at capacity; retry shortly.", code="overloaded")
+        return OpenAIError(503, f"The {route} model is at capacity; retry shortly.", code="overloaded")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return OpenAIError(504, f"The {target.route} model did not answer in time.", code="timeout")
-    logger.error("LLM deployment %s failed: %s", target.deployment, exc)
-    return OpenAIError(503 if isinstance(exc, (ActorDiedError, ActorUnavailableError)) else 500,
-                       f"The {target.route} model failed to answer ({type(exc).__name__}).", code="upstream_error")
+        return OpenAIError(504, f"The {route} model did not answer in time.", code="timeout")
+    if isinstance(exc, (ActorDiedError, ActorUnavailableError)):
+        logger.warning("The %s model's replica is gone: %s", route, type(exc).__name__)
+        return OpenAIError(503, f"The {route} model's replica is unavailable; retry shortly.", code="upstream_error")
+    logger.error("The %s model failed: %r", route, exc)
+    return OpenAIError(500, f"The {route} model failed to answer ({type(exc).__name__}).", code="upstream_error")
 
 
-@serve.deployment(max_ongoing_requests=256)
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+async def _within(awaitable: Awaitable[T], timeout_s: float, response: Any) -> T:
+    """Await a deployment's answer for at most ``timeout_s``; on a timeout or a cancelled request, stop its work."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except BaseException:
+        response.cancel()
+        raise
+
+
+@serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, classifier: DeploymentHandle, llms: dict[str, DeploymentHandle], stats: DeploymentHandle,
-                 llm_targets: list[LLMTarget], request_timeout_s: float) -> None:
+    async def __init__(self, classifier: DeploymentHandle, llms: dict[str, DeploymentHandle],
+                       stats: DeploymentHandle, llm_plans: dict[str, LLMPlan]) -> None:
         self.classifier = classifier
-        self.llms = llms
-        self.stats = stats
-        self.llm_targets = llm_targets
-        self.request_timeout_s = request_timeout_s
-        self.live: LiveRouting[tuple[RouteTable, int]] = LiveRouting("Ingress")
-        self.updates = Counter("router_routing_updates", "Routing blocks applied or refused (Serve adds the deployment tag).",
-                               tag_keys=("result",))
+        self.clients = {name: LLMClient(handle) for name, handle in llms.items()}
+        self.llm_plans = llm_plans
+        self.router: Router | None = None
+        self.live = LiveConfig("Ingress", RoutingConfig, "routing block")
+        self.stats = RoutingStats()
+        self.stats_sink = stats
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self._reported = self.stats.version
+        self._reporter = asyncio.get_running_loop().create_task(self._report_stats_forever())
+        self.updates = Counter("router_routing_updates", "Routing blocks applied or refused (Serve adds the "
+                               "deployment tag).", tag_keys=("result",))
         self.requests = Counter("router_requests", "Routed requests by route and decision reason.",
                                 tag_keys=("route", "reason", "status"))
         self.latency = Histogram("router_request_latency_ms", "Time to the full answer or the first stream chunk.",
@@ -96,19 +122,23 @@ class Ingress:
         self.classify_latency = Histogram("router_classify_latency_ms", "Time to classify one request.",
                                           boundaries=[1, 2, 5, 10, 20, 50, 100, 250, 1000])
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         # The routing block changes on a live deployment (serve deploy) without restarting anything; a request
-        # in flight keeps the table it started with.
-        applied = self.live.apply(user_config, self._tables)
-        self.updates.inc(tags={"result": "refused" if applied is None else "applied"})
-        if applied is not None:
-            self.table, self.context_turns = applied
+        # in flight keeps the router it started with.
+        router = await self.live.apply(user_config, self._build_router)
+        self.updates.inc(tags={"result": "refused" if router is None else "applied"})
+        if router is not None:
+            self.router = router
 
-    def _tables(self, routing: RoutingConfig) -> tuple[RouteTable, int]:
-        return RouteTable.from_config(routing, self.llm_targets), routing.context_turns
+    async def _build_router(self, routing: RoutingConfig) -> Router:
+        try:
+            embeddings = await self.classifier.embed_examples.remote(examples_of(routing))
+        except Exception as exc:  # an update the classifier cannot embed now is refused, not fatal
+            raise ValueError(f"the classifier could not embed the examples ({type(exc).__name__})") from None
+        return Router(routing, embeddings, self.llm_plans)
 
     def check_health(self) -> None:
-        self.live.require()
+        self.live.require("set the Ingress deployment's user_config in the Serve config (see serve_config.yaml)")
 
     # ---- OpenAI endpoints ------------------------------------------------------------------------
 
@@ -125,17 +155,22 @@ class Ingress:
         now = int(time.time())
         data = [{"id": AUTO_MODEL, "object": "model", "created": now, "owned_by": "semantic-router",
                  "description": "Routes each request by its content to one of the models below."}]
-        for t in self.table.targets.values():
+        for route, t in self.router.targets.items():
             data.append({
-                "id": t.route, "object": "model", "created": now, "owned_by": "semantic-router",
+                "id": route, "object": "model", "created": now, "owned_by": "semantic-router",
                 "root": t.served_model, "served_by": t.served_model, "configured_model": t.configured_model,
-                "deployment": t.deployment, "cpu_fallback": t.fallback,
+                "deployment": t.deployment, "cpu_fallback": t.cpu_fallback,
             })
         return {"object": "list", "data": data}
 
     @app.get("/stats")
     async def stats(self) -> dict[str, Any]:
-        return await self.stats.snapshot.remote(list(self.table.targets))
+        try:
+            await self._report_stats()  # this replica's requests are counted up to now
+            return await self.stats_sink.snapshot.remote(list(self.router.targets))
+        except Exception as exc:
+            raise OpenAIError(503, f"Statistics are unavailable right now ({type(exc).__name__}); requests are "
+                              "served as usual.", code="stats_unavailable") from None
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
@@ -152,76 +187,100 @@ class Ingress:
 
     async def _route(self, endpoint: Endpoint, request: Request) -> Response:
         started = time.perf_counter()
-        table = self.table  # one table for the whole request, even if a routing update lands meanwhile
+        router = self.router  # one router for the whole request, even if a routing update lands meanwhile
         try:
-            parsed = parse_request(endpoint, parse_json_body(await request.body()), self.context_turns)
-            classify_ms = None
+            parsed = parse_request(endpoint, parse_json_body(await request.body()), router.config.context_turns)
             if parsed.model in (None, AUTO_MODEL):
-                decision, classify_ms = await self._classify(parsed.routing_texts, table.default_route)
+                decision, classify_ms = await self._classify(router, parsed.routing_texts)
             else:
-                decision = RoutingDecision(table.explicit_route(parsed.model), "explicit")
+                decision, classify_ms = RoutingDecision(router.explicit_route(parsed.model), "explicit"), None
         except OpenAIError as exc:
-            self._record(None, "rejected", exc.status, started)
+            self._record(RequestRecord(None, "rejected", exc.status, _ms_since(started)))
             raise
-        if decision.route not in table:
-            # The classifier already serves a routing update this replica has not applied yet (or refused).
-            decision = RoutingDecision(table.default_route, "unknown_route", decision.score)
-        target = table[decision.route]
+        target = router.targets[decision.route]
         headers = _routing_headers(decision, target)
-        body = {**parsed.body, "model": target.served_model}
+        record = partial(self._finish, decision, started, classify_ms)
+        llm_request = LLMRequest(endpoint, {**parsed.body, "model": target.served_model}, parsed.stream)
+        client, timeout_s = self.clients[target.llm], router.config.request_timeout_s
+        if parsed.stream:
+            chunks = client.stream(llm_request)
+            waiting = chunks.__anext__()
+        else:
+            chunks = client.complete(llm_request)
+            waiting = chunks
         try:
-            replies = self.llms[target.llm].options(stream=True).generate.remote(endpoint, body)
-            first: EngineReply = await asyncio.wait_for(replies.__anext__(), self.request_timeout_s)
+            first = await _within(waiting, timeout_s, chunks)
+        except asyncio.CancelledError:
+            record(499)  # the client went away before the first token
+            raise
         except Exception as exc:
-            error = _upstream_error(exc, target)
-            self._record(decision, decision.reason, error.status, started, classify_ms)
+            error = _upstream_error(exc, decision.route)
+            record(error.status)
             return JSONResponse(error.body(), status_code=error.status, headers=headers)
-        if first.body is not None:
-            self._record(decision, decision.reason, first.status, started, classify_ms)
-            return JSONResponse(first.body, status_code=first.status, headers=headers)
-        return StreamingResponse(self._relay(replies, decision, target, started, classify_ms),
-                                 media_type="text/event-stream", headers=headers)
+        if not parsed.stream:
+            record(200)
+            return JSONResponse(first, headers=headers)
+        record = partial(record, first_token_ms=_ms_since(started), stream=True)
+        return StreamingResponse(self._relay(first, chunks, decision.route, record), media_type="text/event-stream",
+                                 headers=headers)
 
-    async def _classify(self, texts: tuple[str, ...], default_route: str) -> tuple[RoutingDecision, float | None]:
+    async def _classify(self, router: Router, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
         if not texts:
-            return RoutingDecision(default_route, "no_text"), None
+            return RoutingDecision(router.default_route, "no_text"), None
         started = time.perf_counter()
+        response = self.classifier.embed.remote(texts)
         try:
-            decision = await asyncio.wait_for(self.classifier.classify.remote(texts), 30)
-        except Exception:
+            embeddings = await _within(response, router.config.classifier_timeout_s, response)
+        except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
-            logger.exception("Classifier failed; sending the request to the default route")
-            return RoutingDecision(default_route, "classifier_error"), None
-        ms = (time.perf_counter() - started) * 1000
+            logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)
+            return RoutingDecision(router.default_route, "classifier_error"), None
+        ms = _ms_since(started)
         self.classify_latency.observe(ms)
-        return decision, ms
+        return router.decide(texts, embeddings), ms
 
-    async def _relay(self, replies: Any, decision: RoutingDecision, target: RouteTarget, started: float,
-                     classify_ms: float | None) -> AsyncIterator[str]:
-        first_ms = None
+    async def _relay(self, first: str, chunks: Any, route: str, record: Any) -> AsyncIterator[str]:
         status = 200
         try:
-            async for chunk in replies:
-                if first_ms is None:
-                    first_ms = (time.perf_counter() - started) * 1000
+            yield first
+            async for chunk in chunks:
                 yield chunk
         except asyncio.CancelledError:
             status = 499  # the client went away: stop generating for it
             raise
-        except Exception as exc:
-            status = 500
-            error = _upstream_error(exc, target)
+        except Exception as exc:  # after the first token the status is sent: end the stream with an error event
+            error = _upstream_error(exc, route)
+            status = error.status
             yield f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
         finally:
-            replies.cancel()
-            self._record(decision, decision.reason, status, started, classify_ms, first_ms, stream=True)
+            chunks.cancel()
+            record(status)
 
-    def _record(self, decision: RoutingDecision | None, reason: str, status: int, started: float,
-                classify_ms: float | None = None, first_token_ms: float | None = None, stream: bool = False) -> None:
-        latency_ms = (time.perf_counter() - started) * 1000
-        route = decision.route if decision else None
-        self.requests.inc(tags={"route": route or "none", "reason": reason, "status": str(status)})
-        if route and status < 400:
-            self.latency.observe(first_token_ms or latency_ms, tags={"route": route})
-        # Fire and forget: statistics never delay an answer.
-        self.stats.record.remote(RequestRecord(route, reason, status, latency_ms, classify_ms, first_token_ms, stream))
+    # ---- statistics ------------------------------------------------------------------------------
+
+    def _finish(self, decision: RoutingDecision, started: float, classify_ms: float | None, status: int,
+                first_token_ms: float | None = None, stream: bool = False) -> None:
+        self._record(RequestRecord(decision.route, decision.reason, status, _ms_since(started), classify_ms,
+                                   first_token_ms, stream))
+
+    def _record(self, r: RequestRecord) -> None:
+        """The one place a request is recorded: Prometheus metrics and this replica's /stats share it."""
+        self.requests.inc(tags={"route": r.route or "none", "reason": r.reason, "status": str(r.status)})
+        if r.route and r.status < 400:
+            self.latency.observe(r.first_token_ms or r.latency_ms, tags={"route": r.route})
+        self.stats.record(r)
+
+    async def _report_stats(self) -> None:
+        version = self.stats.version
+        if version != self._reported:
+            # A copy: the handle may serialise it on another thread while this one records more requests.
+            await self.stats_sink.report.remote(self.replica_id, RoutingStats.merged([self.stats]))
+            self._reported = version
+
+    async def _report_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_REPORT_S)
+            try:
+                await self._report_stats()
+            except Exception as exc:  # /stats says so when asked; serving goes on
+                logger.debug("Statistics not reported: %r", exc)

@@ -12,40 +12,40 @@ from ray import serve
 
 from serve_app import kvcached
 from serve_app.embedded import resolve_llm
-from serve_app.placement import EngineSpec
-from serve_app.vllm_engine import EngineReply, Endpoint, VLLMEngine
+from serve_app.llm_protocol import LLMRequest
+from serve_app.plan import LLMPlan
+from serve_app.vllm_engine import VLLMEngine
 
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(
-    # An engine start loads weights and compiles: minutes, longer while kvcached waits for GPU memory. Serve
-    # puts no time limit on __init__ and health-checks a replica only once it is ready, so these apply to
-    # a running engine, whose check is a flag read: 60 s only trips on a wedged replica.
-    health_check_period_s=10,
-    health_check_timeout_s=60,
-    graceful_shutdown_timeout_s=30,
-    max_ongoing_requests=64,
-)
-class LLMServer:
-    async def __init__(self, spec: EngineSpec) -> None:
+# An engine start loads weights and compiles: minutes, longer while kvcached waits for GPU memory. Serve puts
+# no time limit on __init__ and health-checks a replica only once it is ready, so these apply to a running
+# engine, whose check is a flag read: 60 s only trips on a wedged replica. Queue limits and autoscaling are
+# the Serve config's (serve_config.yaml), where Serve changes them in place.
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=60, graceful_shutdown_timeout_s=30)
+class VLLMServer:
+    async def __init__(self, llm: LLMPlan) -> None:
         context = serve.get_replica_context()
-        env = kvcached.replica_env(spec.env, context.deployment, context.replica_id.unique_id)
+        env = kvcached.replica_env(llm.env, context.deployment, context.replica_id.unique_id)
         if kvcached.enabled(env):
             # Fail now, saying what to install or turn off, rather than deep inside vLLM minutes later.
             kvcached.require_runtime(await asyncio.to_thread(kvcached.probe_runtime))
-            logger.info("kvcached on for llm %r: KV cache segment %s", spec.llm, env[kvcached.IPC_NAME])
+            logger.info("kvcached on for llm %r: KV cache segment %s", llm.llm, env[kvcached.IPC_NAME])
         # Before vLLM is imported: per-process engine settings must be in place when its modules load, and the
         # engine-core process vLLM spawns inherits them.
         os.environ.update(env)
-        model, served = await asyncio.to_thread(resolve_llm, spec.model)
-        logger.info("Starting vLLM for llm %r: %s (served as %s)", spec.llm, model, served)
-        self.engine = VLLMEngine(model, served, spec.engine_args)
+        model, served = await asyncio.to_thread(resolve_llm, llm.model)
+        logger.info("Starting vLLM for llm %r: %s (served as %s)", llm.llm, model, served)
+        self.engine = VLLMEngine(model, served, llm.engine_args)
         await self.engine.start()
 
-    async def generate(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[EngineReply | str]:
-        async for item in self.engine.generate(endpoint, body):
-            yield item
+    async def complete(self, request: LLMRequest) -> dict[str, Any]:
+        return await self.engine.complete(request)
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        async for chunk in self.engine.stream(request):
+            yield chunk
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -1,4 +1,9 @@
-"""Stats deployment: one place where every ingress replica's routing records add up."""
+"""Stats deployment: where every ingress replica's routing statistics add up for ``/stats``.
+
+Ingress replicas record each request in process and send their statistics here about once a second,
+only when they changed: one call per replica per second, never one per request, and a request never
+waits for it. If this deployment is down, requests are served as usual and ``/stats`` answers 503.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,16 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.stats import RequestRecord, RoutingStats
+from serve_app.request_stats import RoutingStats
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000)
-class StatsRecorder:
+@serve.deployment(num_replicas=1)
+class StatsAggregator:
     def __init__(self) -> None:
-        self.stats = RoutingStats()
+        self.replicas: dict[str, RoutingStats] = {}  # the latest statistics of every ingress replica, by id
 
-    def record(self, record: RequestRecord) -> None:
-        self.stats.record(record)
+    def report(self, replica_id: str, stats: RoutingStats) -> None:
+        self.replicas[replica_id] = stats
 
     def snapshot(self, routes: list[str]) -> dict[str, Any]:
-        return self.stats.snapshot(routes)
+        return RoutingStats.merged(list(self.replicas.values())).snapshot(routes)

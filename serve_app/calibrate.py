@@ -23,17 +23,27 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from serve_app.config import RoutingConfig, describe_error
-from serve_app.eval import add_data_args, load_inputs
+from serve_app.accuracy import classification_scores
+from serve_app.config import RoutingConfig
+from serve_app.config_file import application_index, routing_block
+from serve_app.errors import describe_error
+from serve_app.eval import InProcessRouter, add_data_args, load_inputs
 from serve_app.labelled import LabelledItem
-from serve_app.metrics import classification_scores
-from serve_app.routing import RoutingPolicy
-from serve_app.semantic import Candidates, SemanticClassifier, from_app_config
-from serve_app.serve_file import INGRESS, application_index, routing_block
+from serve_app.plan import INGRESS
+from serve_app.routing.keywords import KeywordHits
+from serve_app.routing.policy import RoutingPolicy
 
 TOP_KS = (1, 3, 5, 7, 10)
 GRID = tuple(round(float(v), 2) for v in np.arange(0.0, 0.61, 0.01))
 _PASSES = 4
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One item's candidate texts as the policy sees them: route scores and keyword hits per text."""
+
+    scores: list[dict[str, float]]
+    hits: list[KeywordHits]
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ def fit_thresholds(cands: Sequence[Candidates], labels: Sequence[str], start: di
     return thresholds
 
 
-def calibrate(classifier: SemanticClassifier, routing: RoutingConfig, items: Sequence[LabelledItem],
+def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequence[LabelledItem],
               top_ks: Sequence[int] = TOP_KS, grid: Sequence[float] = GRID) -> Calibration:
     routes = [r.name for r in routing.routes]
     labels = [i.label for i in items]
@@ -89,11 +99,11 @@ def calibrate(classifier: SemanticClassifier, routing: RoutingConfig, items: Seq
         raise ValueError(f"labels {unknown} are not routes of the config ({routes})")
     queries = [i.texts for i in items]
     embeddings = classifier.embed(queries)  # once: only the scoring changes with top_k
-    current = dict(classifier.routing.policy.thresholds)
+    current = dict(classifier.router.policy.thresholds)
     k0 = routing.top_k
 
     def candidates(k: int) -> list[Candidates]:
-        return classifier.routing.candidates(queries, embeddings, top_k=k)
+        return [Candidates(*classifier.router.candidates(texts, e, top_k=k)) for texts, e in zip(queries, embeddings)]
 
     before = Fit(k0, current, *_measure(candidates(k0), labels, current, routing.default_route, routes))
     fits = []
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, items = load_inputs(args)
         top_ks = [int(k) for k in args.top_k.split(",")]
-        cal = calibrate(from_app_config(config), config.routing, items, top_ks)
+        cal = calibrate(InProcessRouter.from_config(config), config.routing, items, top_ks)
         print(snippet(cal, f"{args.data} (part {args.part})"))
         if args.write:
             write_calibration(args.config, cal.after)

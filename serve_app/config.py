@@ -1,28 +1,28 @@
-"""The application's typed configuration, in two parts that change differently.
+"""The application's typed configuration. Each setting has one home, chosen by what a change costs:
 
-- ``RouterConfig``: the ``args`` of the application (models, resources, accelerator). Serve hashes
-  ``args`` into every deployment's version, so changing them rebuilds the application.
-- ``RoutingConfig``: the routing policy (routes, examples, thresholds), the ``user_config`` of the
-  Ingress and Classifier deployments. Serve hands a change to the running replicas' ``reconfigure``:
-  ``serve deploy`` retunes routing without restarting a replica or dropping a request.
+- ``RouterConfig``: the ``args`` of the application (models, engines, resources, accelerator). Serve
+  hashes ``args`` into every deployment's version, so changing them starts new replicas, vLLM engines
+  included; only what needs a new engine lives here.
+- ``RoutingConfig``: the routing block (routes, examples, thresholds, timeouts), the ``user_config`` of
+  the Ingress deployment, its only owner. ``serve deploy`` hands a change to the running replicas'
+  ``reconfigure``: routing changes without a restart or a dropped request.
+- ``ClassifierBatching``: the ``user_config`` of the Classifier deployment, changed in place likewise.
+- Serve's own options (replicas, autoscaling, ``max_ongoing_requests``, ``max_queued_requests``) live in
+  the ``deployments:`` section of the Serve config, where Serve changes them in place.
 
 Every model forbids unknown keys, so a typo fails with a message naming the key instead of being
-silently ignored. Serve's own deployment options (replicas, autoscaling, ``max_ongoing_requests``)
-stay in the ``deployments:`` section of the Serve config; resources live in ``args`` because they
-depend on the accelerator the cluster turns out to have.
+silently ignored; a key that has moved fails with a message naming its new home.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app import kvcached
 from serve_app.embedded import EMBEDDED_PREFIX, MINILM, SMOLLM2
-from serve_app.keywords import compile_pattern
+from serve_app.routing.keywords import compile_pattern
 
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -31,8 +31,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LLMConfig(StrictModel):
-    """One vLLM deployment (``llm-<name>``). Several routes may share it."""
+def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:
+    """A key that used to live here fails with its new home, not a bare 'extra inputs' error."""
+    if isinstance(data, dict):
+        for key, home in moved.items():
+            if key in data:
+                raise ValueError(f"{key} has moved: set it in {home}")
+    return data
+
+
+INGRESS_USER_CONFIG = "the routing block (the user_config of the Ingress deployment), where it changes without a restart"
+CLASSIFIER_USER_CONFIG = "the user_config of the Classifier deployment, where it changes without a restart"
+
+
+class LLMEntry(StrictModel):
+    """One entry of ``llms``: a vLLM deployment (``llm-<name>``). Several routes may share it."""
 
     name: str = Field(pattern=_NAME)
     model: str = Field(min_length=1, description="Weights served on GPU: a Hugging Face id or a local path.")
@@ -54,7 +67,7 @@ class LLMConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _one_kv_cap(self) -> LLMConfig:
+    def _one_kv_cap(self) -> LLMEntry:
         if self.kv_cache_gib is not None and "kv_cache_memory_bytes" in self.engine_args:
             raise ValueError("set kv_cache_gib or engine_args.kv_cache_memory_bytes, not both")
         return self
@@ -98,12 +111,15 @@ class RouteConfig(StrictModel):
 
 
 class RoutingConfig(StrictModel):
-    """The routing policy: the ``user_config`` shared by the Ingress and Classifier deployments."""
+    """The routing block: the ``user_config`` of the Ingress deployment, the one owner of routing."""
 
     default_route: str = Field("general", description="Answers requests no route is confident about.")
     threshold: float = Field(0.2, ge=-1, le=1, description="Below this score a request goes to the default route.")
     top_k: int = Field(5, ge=1, description="A route's score is the mean similarity of its k nearest examples.")
     context_turns: int = Field(3, ge=1, description="User turns read when the last one alone is not confident.")
+    request_timeout_s: float = Field(600, gt=0, description="Longest wait for an LLM's first reply.")
+    classifier_timeout_s: float = Field(
+        10, gt=0, description="Longest wait for the classifier; past it the default route answers.")
     routes: list[RouteConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -119,20 +135,34 @@ class RoutingConfig(StrictModel):
     def route(self, name: str) -> RouteConfig:
         return next(r for r in self.routes if r.name == name)
 
-    @property
-    def version(self) -> str:
-        """A short fingerprint: which routing a replica serves with (/health, logs)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+class ClassifierBatching(StrictModel):
+    """The ``user_config`` of the Classifier deployment: how concurrent requests share one encoder call."""
+
+    max_batch_size: int = Field(32, ge=1, description="Texts embedded in one call; keep <= max_ongoing_requests.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest a text waits for others to join its batch.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_routing(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "routes" in data:
+            raise ValueError("the routing block is read from the Ingress deployment's user_config only: remove "
+                             "`user_config: *routing` from the Classifier deployment (its user_config takes "
+                             "max_batch_size and batch_wait_timeout_s)")
+        return data
 
 
 class ClassifierConfig(StrictModel):
-    """The embedding model and its deployment; what it decides comes from the routing block."""
+    """The embedding model and what its replicas ask of Ray; routing decisions are the ingress's."""
 
     model: str = Field(f"{EMBEDDED_PREFIX}{MINILM}", description="sentence-transformers model: path, id or embedded.")
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
     num_gpus: float = Field(0.1, ge=0, description="GPU share on the GPU profile.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs on the GPU profile.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batching_moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, {k: CLASSIFIER_USER_CONFIG for k in ClassifierBatching.model_fields})
 
 
 class CPUFallbackConfig(StrictModel):
@@ -179,19 +209,20 @@ class RouterConfig(StrictModel):
     accelerator: Literal["auto", "gpu", "cpu"] = Field(
         "auto", description="auto: GPU if the Ray cluster has GPUs when the app is built, else the CPU fallback."
     )
-    request_timeout_s: float = Field(600, gt=0, description="Longest wait for an LLM's first reply.")
     classifier: ClassifierConfig = ClassifierConfig()
-    llms: list[LLMConfig] = Field(min_length=1)
+    llms: list[LLMEntry] = Field(min_length=1)
     cpu_fallback: CPUFallbackConfig = CPUFallbackConfig()
     kvcached: KvcachedConfig = KvcachedConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timeouts_moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, {"request_timeout_s": INGRESS_USER_CONFIG})
 
     @model_validator(mode="after")
     def _llm_names_unique(self) -> RouterConfig:
         _unique("llms", [llm.name for llm in self.llms])
         return self
-
-    def llm(self, name: str) -> LLMConfig:
-        return next(llm for llm in self.llms if llm.name == name)
 
 
 class AppConfig(StrictModel):
@@ -199,6 +230,7 @@ class AppConfig(StrictModel):
 
     router: RouterConfig
     routing: RoutingConfig
+    batching: ClassifierBatching = ClassifierBatching()
 
     @model_validator(mode="after")
     def _routes_name_llms(self) -> AppConfig:
@@ -226,16 +258,3 @@ def _unique(what: str, names: list[str]) -> None:
 
 def deployment_name(llm_name: str) -> str:
     return f"llm-{llm_name}"
-
-
-def describe_error(exc: Exception) -> str:
-    """One readable line per pydantic error: ``routes.0.exampels: Extra inputs are not permitted``."""
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)
-    lines = []
-    for err in errors():
-        where = ".".join(str(p) for p in err["loc"])
-        msg = re.sub(r"^Value error, ", "", err["msg"])
-        lines.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(lines)

@@ -2,9 +2,9 @@
 
     python -m serve_app.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json] [--plot FILE.png]
 
-Builds the same SemanticClassifier from the same config as the classifier deployment and reads each
-item the way the ingress reads a request (serve_app/labelled.py), one query at a time, so the
-latency is what one request costs. With ``--json`` the last line of stdout is one JSON object:
+Builds the same encoder and ``Router`` from the same config as the classifier and ingress deployments,
+and reads each item the way the ingress reads a request (serve_app/labelled.py), one query at a time,
+so the latency is what one request costs (without the hop between deployments). With ``--json`` the last line of stdout is one JSON object:
 accuracy, macro_f1, per_class, confusion, latency_ms ({p50, p99}), n and decisions.
 """
 
@@ -23,11 +23,35 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from serve_app.config import AppConfig, describe_error
+from serve_app.accuracy import Scores, classification_scores
+from serve_app.config import AppConfig
+from serve_app.config_file import load_app_config
+from serve_app.encoder import embed_queries, encode, load_encoder
+from serve_app.errors import describe_error
 from serve_app.labelled import PARTS, LabelledItem, load_labelled
-from serve_app.metrics import Scores, classification_scores
-from serve_app.semantic import SemanticClassifier, from_app_config
-from serve_app.serve_file import load_app_config
+from serve_app.plan import plan
+from serve_app.routing.policy import RoutingDecision
+from serve_app.routing.router import Router, examples_of
+
+
+@dataclass(frozen=True)
+class InProcessRouter:
+    """The serving decision in one process: the classifier deployment's encoder and the ingress's Router."""
+
+    encoder: Any
+    router: Router
+
+    @classmethod
+    def from_config(cls, config: AppConfig, encoder: Any | None = None) -> InProcessRouter:
+        encoder = encoder if encoder is not None else load_encoder(config.router.classifier.model)
+        examples = encode(encoder, examples_of(config.routing))
+        return cls(encoder, Router(config.routing, examples, plan(config.router, "cpu").llms))
+
+    def embed(self, queries: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        return embed_queries(self.encoder, queries)
+
+    def classify(self, texts: Sequence[str]) -> RoutingDecision:
+        return self.router.decide(texts, self.embed([texts])[0])
 
 
 @dataclass(frozen=True)
@@ -42,13 +66,13 @@ class Evaluation:
                 "decisions": self.decisions}
 
 
-def evaluate(classifier: SemanticClassifier, items: Sequence[LabelledItem], order: Sequence[str],
+def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: Sequence[str],
              progress: bool = True) -> Evaluation:
-    classifier.classify_many([items[0].texts])  # warm-up: the first call pays for lazy initialisation
+    classifier.classify(items[0].texts)  # warm-up: the first call pays for lazy initialisation
     predicted, latencies, reasons = [], [], Counter()
     for item in tqdm(items, desc="classifying", unit="query", file=sys.stderr, disable=not progress):
         started = time.perf_counter()
-        decision = classifier.classify_many([item.texts])[0]
+        decision = classifier.classify(item.texts)
         latencies.append((time.perf_counter() - started) * 1000)
         predicted.append(decision.route)
         reasons[decision.reason] += 1
@@ -124,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # a missing file, a bad line or config: one readable line
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
-    ev = evaluate(from_app_config(config), items, [r.name for r in config.routing.routes])
+    ev = evaluate(InProcessRouter.from_config(config), items, [r.name for r in config.routing.routes])
     print(f"{args.data} (part {args.part}) with {args.config}")
     print(format_report(ev))
     if args.plot:

@@ -1,143 +1,20 @@
-"""What each deployment asks of the Ray cluster, and what each engine is started with.
+"""What each deployment of a Serve config file will ask of Ray, and what each engine starts with.
 
-Pure: the builder turns this plan into Serve deployments, and tests read the same plan to prove
-that the GPU options (fractions, environment) are what reaches Ray without needing a GPU.
-``python -m serve_app.placement serve_config.yaml [--accelerator gpu|cpu]`` prints it for operators.
+    python -m serve_app.placement serve_config.yaml [--accelerator gpu|cpu]
+
+An operator's view of the plan (``serve_app/plan.py``) joined with the file's own Serve options
+(replicas, autoscaling, queue limits). No cluster is contacted; secrets in the environment are masked.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from serve_app import kvcached
-from serve_app.config import LLMConfig, RouterConfig, deployment_name
-from serve_app.embedded import SMOLLM2, is_embedded
-from serve_app.routing import LLMTarget
+from serve_app.config import RouterConfig
+from serve_app.plan import Accelerator, plan
 
-logger = logging.getLogger("serve_app.placement")
-
-Accelerator = Literal["gpu", "cpu"]
-
-INGRESS = "Ingress"
-CLASSIFIER = "Classifier"
-STATS = "StatsRecorder"
-GIB = 1 << 30
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Everything an LLM replica needs to start its engine."""
-
-    llm: str
-    model: str  # id, path or embedded:NAME; resolved to files inside the replica
-    served_model_name: str
-    engine_args: dict[str, Any]
-    env: dict[str, str]  # set in the replica before vLLM is imported
-
-
-@dataclass(frozen=True)
-class DeploymentPlan:
-    name: str
-    ray_actor_options: dict[str, Any]
-    engine: EngineSpec | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    accelerator: Accelerator
-    deployments: dict[str, DeploymentPlan] = field(default_factory=dict)
-    llms: list[LLMTarget] = field(default_factory=list)  # what the ingress routes to
-
-
-def served_model_name(model: str) -> str:
-    return model.removeprefix("embedded:") if is_embedded(model) else model
-
-
-def cpu_engine_env(kv_cache_space_gib: int, cores: int | None = None) -> dict[str, str]:
-    cores = cores or os.cpu_count() or 1
-    return {
-        # One engine per process, in the replica itself (see serve_app/vllm_engine.py).
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib),
-        # vLLM leaves one core idle by default: on a small box that halves throughput.
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
-        # vLLM 0.29's AOT compile cache fails to load on CPU and recompiles every start (about 115 s);
-        # the plain inductor cache reloads (about 50 s).
-        "VLLM_USE_AOT_COMPILE": "0",
-    }
-
-
-def gpu_engine_env(config: RouterConfig) -> dict[str, str]:
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    if config.kvcached.enabled:
-        env |= kvcached.engine_env(config.kvcached, config.classifier.num_gpus)
-    return env
-
-
-def gpu_engine_args(llm: LLMConfig, use_kvcached: bool) -> dict[str, Any]:
-    args = dict(llm.engine_args)
-    if llm.kv_cache_gib is not None:
-        args["kv_cache_memory_bytes"] = int(llm.kv_cache_gib * GIB)
-    if use_kvcached:
-        # kvcached hands a finished request's pages back to the shared pool; vLLM's prefix cache would keep
-        # them, so an idle engine would sit on memory its neighbours need (kvcached's own examples turn it off).
-        args.setdefault("enable_prefix_caching", False)
-    else:
-        # Without kvcached each engine reserves gpu_memory_utilization of the whole GPU up front (vLLM's
-        # default 0.9), so the second engine on a shared GPU could not start: reserve the Ray share instead.
-        # (Under kvcached this is only a logical cap, not a reservation, and vLLM's default is right.)
-        args.setdefault("gpu_memory_utilization", llm.num_gpus)
-    return args
-
-
-def plan(config: RouterConfig, accelerator: Accelerator) -> Plan:
-    result = Plan(accelerator)
-    if accelerator == "cpu" and config.kvcached.enabled:
-        logger.info("kvcached is GPU-only: ignored on the CPU fallback (vLLM's CPU build reserves its KV cache).")
-    cpu = config.cpu_fallback
-    small = ({"num_cpus": cpu.small_num_cpus} if accelerator == "cpu"
-             else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus})
-    result.deployments[INGRESS] = DeploymentPlan(INGRESS, {"num_cpus": cpu.small_num_cpus})
-    result.deployments[STATS] = DeploymentPlan(STATS, {"num_cpus": cpu.small_num_cpus})
-    result.deployments[CLASSIFIER] = DeploymentPlan(CLASSIFIER, small)
-
-    for llm in config.llms:
-        if accelerator == "cpu":
-            model, engine_args = cpu.model, dict(cpu.engine_args)
-            actor = {"num_cpus": cpu.llm_num_cpus}
-            env = cpu_engine_env(cpu.kv_cache_space_gib)
-        else:
-            model, engine_args = llm.model, gpu_engine_args(llm, config.kvcached.enabled)
-            actor = {"num_cpus": llm.num_cpus, "num_gpus": llm.num_gpus}
-            env = gpu_engine_env(config)
-        name = deployment_name(llm.name)
-        spec = EngineSpec(llm.name, model, served_model_name(model), engine_args, env)
-        result.deployments[name] = DeploymentPlan(name, actor, spec)
-        result.llms.append(LLMTarget(llm.name, name, llm.model, spec.served_model_name, fallback=model != llm.model))
-
-    return result
-
-
-def resolve_accelerator(requested: str, cluster_gpus: float) -> Accelerator:
-    """``auto`` means GPU when the cluster has GPUs now; set ``gpu`` for clusters that scale GPU nodes from zero."""
-    if requested == "gpu":
-        return "gpu"
-    if requested == "cpu":
-        return "cpu"
-    if cluster_gpus > 0:
-        return "gpu"
-    logger.warning(
-        "No GPU in the Ray cluster: every LLM deployment serves the embedded CPU default %s with vLLM's CPU "
-        "build. Set accelerator: gpu to require GPUs.", SMOLLM2,
-    )
-    return "cpu"
-
-
-# ---- what an operator sees: python -m serve_app.placement serve_config.yaml [--accelerator gpu|cpu] -------------
 
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
@@ -177,19 +54,17 @@ def mask_env(env: dict[str, str]) -> dict[str, str]:
 
 def describe(app: dict[str, Any], accelerator: Accelerator) -> list[DeploymentView]:
     """The deployments of one application of a Serve config file (a dict), as they will run on ``accelerator``."""
-    placement = plan(RouterConfig.model_validate(app.get("args") or {}), accelerator)
+    graph = plan(RouterConfig.model_validate(app.get("args") or {}), accelerator)
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []}
     app_env = {k: str(v) for k, v in ((app.get("runtime_env") or {}).get("env_vars") or {}).items()}
-    views = []
-    for name, d in placement.deployments.items():
-        engine, env, per_replica = d.engine, dict(app_env), {}
-        if engine is not None:
-            env |= engine.env
-            if kvcached.enabled(engine.env):
-                per_replica[kvcached.IPC_NAME] = kvcached.ipc_name(name, "x" * 8)[:-8] + "<replica id>"
-        views.append(DeploymentView(
-            name, d.ray_actor_options, options.get(name, {}), mask_env(env), per_replica,
-            engine.served_model_name if engine else None, engine.engine_args if engine else {}))
+    views = [DeploymentView(name, actor, options.get(name, {}), mask_env(app_env))
+             for name, actor in graph.ray_actor_options.items()]
+    for llm in graph.llms.values():
+        per_replica = {}
+        if kvcached.enabled(llm.env):
+            per_replica[kvcached.IPC_NAME] = kvcached.ipc_name(llm.deployment, "x" * 8)[:-8] + "<replica id>"
+        views.append(DeploymentView(llm.deployment, llm.ray_actor_options, options.get(llm.deployment, {}),
+                                    mask_env(app_env | llm.env), per_replica, llm.served_model, llm.engine_args))
     return views
 
 

@@ -1,8 +1,9 @@
-"""Request parsing: just enough of an OpenAI request to route it.
+"""Request parsing: the part of an OpenAI request that routing reads.
 
-The full request (sampling parameters, tools, response_format, ...) is validated by vLLM's own
-protocol models in the LLM deployment; here we check only what routing reads, so that a bad
-request fails before any model is asked, with an OpenAI-style error.
+Declared as pydantic models that accept any other field: the ingress validates what it must read to
+route (``model``, ``stream``, the messages' roles and text, the prompt) and rejects a request it cannot
+route before any model is asked. Everything else (sampling parameters, tools, response_format, ...) is
+the serving model's to validate: vLLM's own protocol models do it in the LLM replica.
 """
 
 from __future__ import annotations
@@ -11,16 +12,38 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
 from serve_app.errors import OpenAIError
 
 Endpoint = Literal["chat", "completion"]
 AUTO_MODEL = "auto"
-_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+class _Routed(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = None
+    stream: StrictBool | None = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[Any] | None = None
+
+
+class _ChatRequest(_Routed):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class _CompletionRequest(_Routed):
+    prompt: StrictStr | list[StrictStr] | list[int] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    endpoint: Endpoint
     body: dict[str, Any]
     model: str | None  # None or "auto": classify
     stream: bool
@@ -33,7 +56,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise OpenAIError(400, "The request body is empty; send a JSON object.", code="invalid_json")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise OpenAIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise OpenAIError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -41,55 +64,22 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 
 
 def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int = 3) -> ParsedRequest:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _invalid("'model' must be a string", "model")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise _invalid("'stream' must be a boolean", "stream")
-    if endpoint == "chat":
-        texts = _chat_routing_texts(body.get("messages"), context_turns)
-    else:
-        texts = _prompt_routing_texts(body.get("prompt"))
-    return ParsedRequest(endpoint, body, model or None, bool(stream), texts)
-
-
-def _chat_routing_texts(messages: Any, context_turns: int) -> tuple[str, ...]:
-    if messages is None:
-        raise _invalid("'messages' is required", "messages")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("'messages' must be a non-empty array of message objects", "messages")
-    user_turns: list[str] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _invalid(f"messages[{i}] must be an object", f"messages.{i}")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise _invalid(f"messages[{i}].role must be one of {sorted(_ROLES)}", f"messages.{i}.role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise _invalid(f"messages[{i}].content must be a string or an array of parts", f"messages.{i}.content")
-        # Only what the user wrote says what the request is about: system prompts are the operator's
-        # standing instructions, assistant and tool turns are the model's own output.
-        if role == "user":
-            text = content_text(content)
-            if text:
-                user_turns.append(text)
-    return _candidates(user_turns, context_turns)
-
-
-def _prompt_routing_texts(prompt: Any) -> tuple[str, ...]:
-    if prompt is None:
-        raise _invalid("'prompt' is required", "prompt")
-    if isinstance(prompt, str):
-        texts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        texts = prompt
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-        texts = []  # token ids: nothing to read, the default route answers
-    else:
-        raise _invalid("'prompt' must be a string, an array of strings or an array of token ids", "prompt")
-    return _candidates([t.strip() for t in texts if t.strip()], 1)
+    try:
+        if endpoint == "chat":
+            chat = _ChatRequest.model_validate(body)
+            # Only what the user wrote says what the request is about: system prompts are the operator's
+            # standing instructions, assistant and tool turns are the model's own output.
+            turns = [content_text(m.content) for m in chat.messages if m.role == "user"]
+            texts, routed = _candidates([t for t in turns if t], context_turns), chat
+        else:
+            completion = _CompletionRequest.model_validate(body)
+            prompt = completion.prompt
+            # Token ids say nothing readable: the default route answers them.
+            prompts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
+            texts, routed = _candidates([p.strip() for p in prompts if p.strip()], 1), completion
+    except ValidationError as exc:
+        raise OpenAIError.invalid(exc) from None
+    return ParsedRequest(body, routed.model or None, bool(routed.stream), texts)
 
 
 def _candidates(turns: list[str], context_turns: int) -> tuple[str, ...]:
@@ -108,7 +98,3 @@ def content_text(content: Any) -> str:
         parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         return "\n".join(p for p in parts if isinstance(p, str)).strip()
     return ""
-
-
-def _invalid(message: str, param: str) -> OpenAIError:
-    return OpenAIError(400, message, code="invalid_parameter", param=param)

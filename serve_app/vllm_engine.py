@@ -5,10 +5,9 @@ always runs its engine core (scheduler, KV cache and, on one GPU, the model) in 
 spawned inside a Ray actor, which inherits the caller's environment: one engine per replica, so
 per-process settings such as kvcached's IPC name apply to exactly one engine.
 
-Every call is an async generator whose first item is an ``EngineReply``: either a whole JSON body
-(a non-streaming answer, or an error with its status) or ``body=None``, after which the
-server-sent-event strings of a stream follow, ending with ``data: [DONE]``. The ingress can
-therefore set the HTTP status before it commits to a stream.
+It speaks the ingress's contract (``serve_app/llm_protocol.py``): ``complete`` returns a whole JSON
+body, ``stream`` yields server-sent-event strings, and a request vLLM refuses raises ``OpenAIError``
+with vLLM's status before anything is sent.
 """
 
 from __future__ import annotations
@@ -16,19 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
-from serve_app.errors import error_body
+from serve_app.errors import OpenAIError
+from serve_app.llm_protocol import LLMRequest
 
 logger = logging.getLogger("serve_app.vllm_engine")
-
-Endpoint = Literal["chat", "completion"]
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineReply:
-    status: int
-    body: dict[str, Any] | None  # None: the SSE strings of a stream follow
 
 
 def split_engine_args(engine_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -79,10 +71,6 @@ class VLLMEngine:
         self._completion = state.openai_serving_completion
         logger.info("vLLM engine ready: %s serving %s", self.served_model_name, self.model)
 
-    @property
-    def max_model_len(self) -> int:
-        return self._engine.model_config.max_model_len
-
     async def check_health(self) -> None:
         await self._engine.check_health()
 
@@ -90,50 +78,46 @@ class VLLMEngine:
         if self._engine is not None:
             self._engine.shutdown()
 
-    async def generate(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[EngineReply | str]:
+    async def complete(self, request: LLMRequest) -> dict[str, Any]:
+        result = await self._serve(request)
+        if isinstance(result, AsyncIterator):  # only a request that asked to stream gets a generator
+            raise OpenAIError(400, "This call answers whole; the request asked to stream.", param="stream")
+        return result.model_dump(exclude_unset=False)
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        result = await self._serve(request)
+        if not isinstance(result, AsyncIterator):
+            raise OpenAIError(400, "This call streams; the request did not ask to stream.", param="stream")
+        async for chunk in result:
+            yield chunk
+
+    async def _serve(self, request: LLMRequest) -> Any:
+        """vLLM's own serving code: a response model, or an async generator of SSE strings for a stream."""
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        serving = self._chat if endpoint == "chat" else self._completion
-        protocol = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
+        chat = request.endpoint == "chat"
+        serving = self._chat if chat else self._completion
         try:
-            request = protocol.model_validate(body)
+            parsed = (ChatCompletionRequest if chat else CompletionRequest).model_validate(request.body)
         except ValidationError as exc:
-            yield EngineReply(400, error_body(400, _validation_message(exc), code="invalid_parameter",
-                                              param=_validation_param(exc)))
-            return
+            raise OpenAIError.invalid(exc) from None
         try:
-            if endpoint == "chat":
-                result = await serving.create_chat_completion(request, raw_request=None)
+            if chat:
+                result = await serving.create_chat_completion(parsed, raw_request=None)
             else:
-                result = await serving.create_completion(request, raw_request=None)
+                result = await serving.create_completion(parsed, raw_request=None)
         except Exception as exc:  # vLLM raises ValueError & co. for requests it cannot serve
             result = serving.create_error_response(exc)
         if isinstance(result, ErrorResponse):
-            yield EngineReply(result.error.code, _error_body(result))
-        elif isinstance(result, AsyncIterator):
-            yield EngineReply(200, None)
-            async for chunk in result:
-                yield chunk
-        else:
-            yield EngineReply(200, result.model_dump(exclude_unset=False))
+            raise _openai_error(result)
+        return result
 
 
-def _error_body(err: Any) -> dict[str, Any]:
+def _openai_error(err: Any) -> OpenAIError:
     # vLLM puts the HTTP status in `code` and a class name in `type`; OpenAI clients expect strings.
     info = err.error
     code = {400: "invalid_request", 404: "not_found", 413: "context_length_exceeded"}.get(info.code)
-    return error_body(info.code, info.message, code=code, param=info.param)
-
-
-def _validation_message(exc: Any) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"Invalid request: {where}: {first['msg']}" if where else f"Invalid request: {first['msg']}"
-
-
-def _validation_param(exc: Any) -> str | None:
-    loc = exc.errors()[0]["loc"]
-    return ".".join(str(p) for p in loc) or None
+    return OpenAIError(info.code, info.message, code=code, param=info.param)

@@ -24,14 +24,14 @@ def router_args(serve_config) -> dict:
 @pytest.fixture(scope="session")
 def routing_args(serve_config) -> dict:
     """The routing block: the user_config the Ingress and Classifier deployments share (RoutingConfig)."""
-    from serve_app.serve_file import routing_block
+    from serve_app.config_file import routing_block
 
     return routing_block(serve_config["applications"][0])
 
 
 @pytest.fixture(scope="session")
 def app_config(serve_config):
-    from serve_app.serve_file import app_config
+    from serve_app.config_file import app_config
 
     return app_config(serve_config)
 
@@ -39,6 +39,6 @@ def app_config(serve_config):
 @pytest.fixture(scope="session")
 def encoder(router_args):
     """The shipped embedding model, loaded once for every test that needs it."""
-    from serve_app.semantic import load_encoder
+    from serve_app.encoder import load_encoder
 
     return load_encoder(router_args["classifier"]["model"])

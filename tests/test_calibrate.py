@@ -11,8 +11,9 @@ import yaml
 from serve_app import calibrate as cal
 from serve_app.config import AppConfig
 from serve_app.labelled import load_labelled
-from serve_app.semantic import Candidates, from_app_config
-from serve_app.serve_file import load_app_config, routing_block
+from serve_app.calibrate import Candidates
+from serve_app.eval import InProcessRouter
+from serve_app.config_file import load_app_config, routing_block
 from tests.conftest import SERVE_CONFIG
 
 ITEMS = [
@@ -58,7 +59,7 @@ def _strict_config(router_args, routing_args) -> AppConfig:
 def test_calibration_improves_or_keeps_accuracy(router_args, routing_args, encoder, data_file):
     config = _strict_config(router_args, routing_args)
     items = load_labelled(data_file, config.routing.context_turns)
-    result = cal.calibrate(from_app_config(config, encoder), config.routing, items, top_ks=(1, 3, 5))
+    result = cal.calibrate(InProcessRouter.from_config(config, encoder), config.routing, items, top_ks=(1, 3, 5))
     assert result.after.macro_f1 >= result.before.macro_f1 and result.after.accuracy >= result.before.accuracy
     assert result.before.accuracy < 0.7 and result.after.accuracy == 1.0
     assert set(result.after.thresholds) == {"code", "math"}  # not the default route
@@ -69,13 +70,14 @@ def test_calibration_improves_or_keeps_accuracy(router_args, routing_args, encod
               for r in config.routing.routes]
     routing = config.routing.model_copy(update={"routes": routes, "top_k": result.after.top_k})
     fitted = config.model_copy(update={"routing": routing})
-    predicted = [d.route for d in from_app_config(fitted, encoder).classify_many([i.texts for i in items])]
+    fitted_router = InProcessRouter.from_config(fitted, encoder)
+    predicted = [fitted_router.classify(i.texts).route for i in items]
     assert predicted == [lab for _, lab in ITEMS]
 
 
 def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
         router_args, encoder, data_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("serve_app.semantic.load_encoder", lambda model: encoder)
+    monkeypatch.setattr("serve_app.eval.load_encoder", lambda model: encoder)
     text = SERVE_CONFIG.read_text()
     # Start from routes without thresholds of their own (so --write must add them) and a top_k to change.
     text = re.sub(r"\n +threshold: [0-9.]+\n", "\n", text)

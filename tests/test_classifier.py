@@ -1,4 +1,5 @@
-"""The real embedding classifier (all-MiniLM-L6-v2 from its PyPI package) with the shipped config."""
+"""The real embedding model (all-MiniLM-L6-v2 from its PyPI package) and the ingress's Router, with the shipped
+config, in one process: the decision the deployments make, without the hop between them."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import re
 
 import pytest
 
+import numpy as np
+
+from serve_app.accuracy import classification_scores
 from serve_app.config import AppConfig
+from serve_app.encoder import ClassifierLoadError, embed_queries, encode, load_encoder
+from serve_app.eval import InProcessRouter
 from serve_app.labelled import load_labelled
-from serve_app.metrics import classification_scores
 from serve_app.requests import parse_request
-from serve_app.semantic import ClassifierLoadError, SemanticClassifier, from_app_config, load_encoder
 from tests.conftest import DEV_SET
 
 # Floors on the held-out half of the development set (serve_app.labelled.part_of; the thresholds and
@@ -21,8 +25,8 @@ DEV_HOLDOUT_RECALL_FLOOR = 0.93
 
 
 @pytest.fixture(scope="module")
-def classifier(app_config, encoder) -> SemanticClassifier:
-    return from_app_config(app_config, encoder)
+def classifier(app_config, encoder) -> InProcessRouter:
+    return InProcessRouter.from_config(app_config, encoder)
 
 
 @pytest.mark.parametrize("text, route", [
@@ -31,14 +35,15 @@ def classifier(app_config, encoder) -> SemanticClassifier:
     ("What is the capital of France?", "general"),
 ])
 def test_seed_examples(classifier, text, route):
-    decision = classifier.classify_many([(text,)])[0]
+    decision = classifier.classify((text,))
     assert decision.route == route and decision.reason == "classified"
-    assert decision.margin > 0
+    scores = classifier.router.candidates((text,), classifier.embed([(text,)])[0])[0][0]
+    assert decision.score == max(scores.values()) == scores[route]
 
 
 def test_capital_is_not_code(classifier):
     # The kvcached example's substring rule sends this to code ("capital" contains "api").
-    assert classifier.classify_many([("What is the capital of Australia?",)])[0].route == "general"
+    assert classifier.classify(("What is the capital of Australia?",)).route == "general"
 
 
 def test_follow_up_stays_with_the_conversation(classifier):
@@ -47,15 +52,21 @@ def test_follow_up_stays_with_the_conversation(classifier):
         {"role": "assistant", "content": "def reverse(head): ..."},
         {"role": "user", "content": "and now in Rust?"},
     ]})
-    decision = classifier.classify_many([parsed.routing_texts])[0]
+    decision = classifier.classify(parsed.routing_texts)
     assert decision.route == "code"
 
 
-def test_batch_matches_single(classifier):
-    texts = [("Write a SQL join",), ("What is 7 times 8?",), ("Tell me about Rome",)]
-    batch = [d.route for d in classifier.classify_many(texts)]
-    single = [classifier.classify_many([t])[0].route for t in texts]
-    assert batch == single
+def test_one_encoder_call_for_many_queries_matches_one_call_each(encoder):
+    # What the Classifier deployment's @serve.batch method does with a batch (tests/test_serving.py sends
+    # concurrent requests through the deployment itself).
+    queries = [("Write a SQL join",), ("and now in Rust?", "Write a Python sort\nand now in Rust?"), (),
+               ("Tell me about Rome",)]
+    batched = embed_queries(encoder, queries)
+    assert [len(b) for b in batched] == [1, 2, 0, 1]
+    for query, vectors in zip(queries, batched):
+        if query:
+            np.testing.assert_allclose(vectors, encode(encoder, query), atol=1e-5)
+            np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
 
 def test_missing_model_is_a_clear_startup_error(tmp_path):
@@ -65,7 +76,7 @@ def test_missing_model_is_a_clear_startup_error(tmp_path):
 
 def test_development_set_holdout_floor(classifier):
     items = load_labelled(DEV_SET, part="holdout")
-    predicted = [d.route for d in classifier.classify_many([i.texts for i in items])]
+    predicted = [classifier.classify(i.texts).route for i in items]
     scores = classification_scores([i.label for i in items], predicted, ["code", "math", "general"])
     recalls = {label: round(c.recall, 3) for label, c in scores.per_class.items()}
     assert scores.macro_f1 >= DEV_HOLDOUT_MACRO_F1_FLOOR, f"macro-F1 {scores.macro_f1:.3f} on {len(items)} items"
@@ -88,9 +99,11 @@ def test_a_new_category_needs_only_config(router_args, routing_args, encoder):
         "Describe an alien planet for the opening chapter of a science fiction novel"]}
     config = AppConfig.model_validate({"router": router_args,
                                        "routing": {**routing_args, "routes": [*routes, creative]}})
-    routed = from_app_config(config, encoder).classify_many([(q,) for q in (
+    classifier = InProcessRouter.from_config(config, encoder)
+    routed = [classifier.classify((q,)) for q in (
         "Compose song lyrics about a rainy afternoon in London", "Write a poem about the moon",
         "Write a story for children about a brave little tugboat", "Write a Python function that reverses a string",
-        "What is 12% of 250?", "Write a polite email asking for a refund")])
+        "What is 12% of 250?", "Write a polite email asking for a refund")]
     assert [d.route for d in routed] == ["creative"] * 3 + ["code", "math", "general"]
-    assert all(d.reason == "classified" and set(d.scores) == {"code", "math", "general", "creative"} for d in routed)
+    assert all(d.reason == "classified" for d in routed)
+    assert classifier.router.index.route_names == ["code", "math", "general", "creative"]

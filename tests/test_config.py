@@ -7,7 +7,8 @@ import copy
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig, RouterConfig, RoutingConfig, describe_error
+from serve_app.config import AppConfig, RouterConfig, RoutingConfig
+from serve_app.errors import describe_error
 from serve_app.config_check import check
 
 

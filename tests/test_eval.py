@@ -9,8 +9,8 @@ import pytest
 
 from serve_app import eval as eval_cli
 from serve_app.labelled import LabelledDataError, load_labelled, part_of
-from serve_app.metrics import classification_scores
-from serve_app.semantic import from_app_config
+from serve_app.accuracy import classification_scores
+from serve_app.eval import InProcessRouter
 from tests.conftest import DEV_SET, SERVE_CONFIG
 
 ITEMS = [
@@ -40,7 +40,7 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def shared_encoder(monkeypatch, encoder):
-    monkeypatch.setattr("serve_app.semantic.load_encoder", lambda model: encoder)
+    monkeypatch.setattr("serve_app.eval.load_encoder", lambda model: encoder)
     return encoder
 
 
@@ -53,7 +53,8 @@ def test_eval_json_on_text_and_messages(data_file, shared_encoder, app_config, c
 
     # The same classifier over the same reading of the file gives the same numbers.
     items = load_labelled(data_file, app_config.routing.context_turns)
-    predicted = [d.route for d in from_app_config(app_config, shared_encoder).classify_many([i.texts for i in items])]
+    classifier = InProcessRouter.from_config(app_config, shared_encoder)
+    predicted = [classifier.classify(i.texts).route for i in items]
     truth = [i["label"] for i in ITEMS]
     assert predicted[3] == "code"  # the follow-up is read with its conversation
     assert predicted[5] == "math"  # the mislabelled one

@@ -10,7 +10,7 @@ from ray.serve._private.utils import get_random_string
 from serve_app import kvcached
 from serve_app.config import RouterConfig
 from serve_app.kvcached import KvcachedUnavailableError, RuntimeProbe
-from serve_app.placement import plan
+from serve_app.plan import plan
 
 READY = RuntimeProbe(kvcached_installed=True, autopatch_hook=True, gpu_available=True)
 

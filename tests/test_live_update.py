@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.local_run import StartupError, auth_token, serve_deploy, serve_run
+from tests.local_serve import StartupError, auth_token, serve_deploy, serve_run
 from serve_app.serve_file import routing_block
 from tests.conftest import SERVE_CONFIG
 

@@ -9,7 +9,8 @@ import pytest
 
 from serve_app import kvcached
 from serve_app.config import RouterConfig
-from serve_app.placement import CLASSIFIER, GIB, describe, main, plan, resolve_accelerator
+from serve_app.placement import describe, main
+from serve_app.plan import CLASSIFIER, GIB, plan, resolve_accelerator
 
 LLMS = ("llm-code", "llm-math", "llm-general")
 KVCACHED_ENV = {"ENABLE_KVCACHED": "true", "KVCACHED_AUTOPATCH": "1", "KVCACHED_CONTIGUOUS_LAYOUT": "false",
@@ -25,27 +26,26 @@ def test_auto_picks_gpu_only_when_the_cluster_has_one():
 
 def test_gpu_plan_uses_configured_models_and_fractions(router_args):
     p = plan(RouterConfig.model_validate(router_args), "gpu")
-    code = p.deployments["llm-code"]
+    code = p.llms["code"]
     assert code.ray_actor_options == {"num_cpus": 2, "num_gpus": 0.3}
-    assert code.engine.model == "deepseek-ai/deepseek-coder-1.3b-instruct"
-    assert code.engine.engine_args["max_model_len"] == 4096
-    assert p.deployments[CLASSIFIER].ray_actor_options["num_gpus"] == 0.1
-    gpus = sum(d.ray_actor_options.get("num_gpus", 0) for d in p.deployments.values())
+    assert code.model == "deepseek-ai/deepseek-coder-1.3b-instruct"
+    assert code.engine_args["max_model_len"] == 4096
+    assert p.ray_actor_options[CLASSIFIER]["num_gpus"] == 0.1
+    gpus = sum(a.get("num_gpus", 0) for a in [*p.ray_actor_options.values(), *(t.ray_actor_options for t in p.llms.values())])
     assert gpus <= 1.0  # the whole graph shares one GPU
-    assert not any(t.fallback for t in p.llms)
+    assert not any(t.cpu_fallback for t in p.llms.values())
 
 
 def test_cpu_plan_falls_back_to_the_embedded_model(router_args):
     p = plan(RouterConfig.model_validate(router_args), "cpu")
-    for name in ("llm-code", "llm-math", "llm-general"):
-        d = p.deployments[name]
+    for d in p.llms.values():
         assert "num_gpus" not in d.ray_actor_options
-        assert d.engine.model == "embedded:SmolLM2-135M-Instruct"
-        assert d.engine.served_model_name == "SmolLM2-135M-Instruct"
-        assert d.engine.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-        assert d.engine.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    assert all(t.fallback and t.served_model == "SmolLM2-135M-Instruct" for t in p.llms)
-    assert sum(d.ray_actor_options["num_cpus"] for d in p.deployments.values()) <= 2  # fits a 2-core box
+        assert d.model == "embedded:SmolLM2-135M-Instruct"
+        assert d.served_model == "SmolLM2-135M-Instruct" and d.cpu_fallback
+        assert d.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+        assert d.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    actors = [*p.ray_actor_options.values(), *(d.ray_actor_options for d in p.llms.values())]
+    assert sum(a["num_cpus"] for a in actors) <= 2  # fits a 2-core box
 
 
 # ---- the GPU profile, as serve_config.yaml ships it ---------------------------------------------------------
@@ -88,7 +88,7 @@ def test_gpu_profile_engines_run_kvcached_without_prefix_caching(gpu_views):
 def test_kvcached_leaves_the_classifier_its_share(router_args):
     args = copy.deepcopy(router_args)
     args["classifier"]["num_gpus"] = 0
-    env = plan(RouterConfig.model_validate(args), "gpu").deployments["llm-code"].engine.env
+    env = plan(RouterConfig.model_validate(args), "gpu").llms["code"].env
     assert env["KVCACHED_GPU_UTILIZATION"] == "0.95"
 
 
@@ -96,7 +96,7 @@ def test_an_llm_may_turn_prefix_caching_back_on_and_cap_its_kv_cache(router_args
     args = copy.deepcopy(router_args)
     args["llms"][0]["engine_args"]["enable_prefix_caching"] = True
     args["llms"][0]["kv_cache_gib"] = 6
-    engine = plan(RouterConfig.model_validate(args), "gpu").deployments["llm-code"].engine
+    engine = plan(RouterConfig.model_validate(args), "gpu").llms["code"]
     assert engine.engine_args["enable_prefix_caching"] is True
     assert engine.engine_args["kv_cache_memory_bytes"] == 6 * GIB
 
@@ -106,7 +106,7 @@ def test_without_kvcached_each_engine_reserves_its_ray_share(router_args):
     args["kvcached"]["enabled"] = False
     args["llms"][1]["engine_args"]["gpu_memory_utilization"] = 0.25
     p = plan(RouterConfig.model_validate(args), "gpu")
-    code, math = p.deployments["llm-code"].engine, p.deployments["llm-math"].engine
+    code, math = p.llms["code"], p.llms["math"]
     assert code.engine_args["gpu_memory_utilization"] == 0.3
     assert math.engine_args["gpu_memory_utilization"] == 0.25  # set by the user: kept
     assert not any(k.startswith("KVCACHED") or k == "ENABLE_KVCACHED" for k in code.env)
@@ -117,8 +117,7 @@ def test_cpu_fallback_ignores_kvcached_and_says_so(router_args, caplog):
     with caplog.at_level(logging.INFO, logger="serve_app.placement"):
         p = plan(RouterConfig.model_validate(router_args), "cpu")
     assert "kvcached is GPU-only" in caplog.text
-    for name in LLMS:
-        engine = p.deployments[name].engine
+    for engine in p.llms.values():
         assert not kvcached.enabled(engine.env) and "KVCACHED_GPU_UTILIZATION" not in engine.env
         assert engine.engine_args == {"dtype": "float32", "max_model_len": 2048}
 
@@ -138,7 +137,7 @@ def test_placement_cli_prints_every_deployment(capsys):
 
     assert main([str(SERVE_CONFIG), "--accelerator", "gpu"]) == 0
     out = capsys.readouterr().out
-    for name in ("Ingress", "Classifier", "StatsRecorder", *LLMS):
+    for name in ("Ingress", "Classifier", "StatsAggregator", *LLMS):
         assert f"\n{name}\n" in out
     assert "GPU fraction  0.3" in out and "autoscaling 1..2" in out and "downscale after 900s" in out
     assert "KVCACHED_IPC_NAME=kvcached_llm-code_<replica id>  (set in each replica)" in out

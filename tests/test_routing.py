@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from serve_app.config import RouterConfig, RoutingConfig
 from serve_app.errors import OpenAIError
-from serve_app.routing import RouteTable, RouteTarget, RoutingPolicy
+from serve_app.plan import plan
+from serve_app.routing.examples import ExampleIndex
+from serve_app.routing.policy import RoutingPolicy
+from serve_app.routing.router import Router, examples_of
 
 POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general")
 
@@ -13,14 +18,11 @@ POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general")
 def test_best_route_above_its_threshold_wins():
     d = POLICY.decide([{"code": 0.6, "math": 0.2, "general": 0.1}])
     assert (d.route, d.reason, d.score) == ("code", "classified", 0.6)
-    assert d.margin == pytest.approx(0.4)
-    assert not d.is_fallback
 
 
 def test_below_threshold_falls_back_to_default_with_its_score():
     d = POLICY.decide([{"code": 0.1, "math": 0.35, "general": 0.2}])  # math needs 0.4
     assert (d.route, d.reason, d.score) == ("general", "below_threshold", 0.35)
-    assert d.is_fallback
 
 
 def test_conversation_context_decides_a_vague_follow_up():
@@ -33,22 +35,41 @@ def test_no_text_goes_to_default():
     assert (d.route, d.reason, d.score) == ("general", "no_text", None)
 
 
-def _table() -> RouteTable:
-    targets = [RouteTarget(r, r, f"llm-{r}", f"org/{r}-model", "SmolLM2-135M-Instruct", True)
-               for r in ("code", "math", "general")]
-    return RouteTable(targets, "general")
+def test_example_index_scores_match_a_per_route_loop():
+    rng = np.random.default_rng(0)
+    unit = lambda n: (v := rng.normal(size=(n, 8))) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    examples, queries = [unit(7), unit(2), unit(5)], unit(4)
+    index = ExampleIndex(["a", "b", "c"], examples, top_k=3)
+    for k in (1, 3, 5):
+        expected = [[np.sort(q @ e.T)[::-1][:min(k, len(e))].mean() for e in examples] for q in queries]
+        np.testing.assert_allclose(index.score_matrix(queries, k), expected, rtol=1e-5)
+    assert index.score_matrix(np.zeros((0, 8))).shape == (0, 3)
 
 
-def test_explicit_names_route_without_classification():
-    table = _table()
-    assert table.explicit_route("math") == "math"
-    assert table.explicit_route("org/code-model") == "code"
+def _router(router_args, routing_args) -> Router:
+    routing = RoutingConfig.model_validate(routing_args)
+    embeddings = np.eye(len(examples_of(routing)), 4, dtype=np.float32)  # stand-ins: only the names matter here
+    return Router(routing, embeddings, plan(RouterConfig.model_validate(router_args), "cpu").llms)
+
+
+def test_explicit_names_route_without_classification(router_args, routing_args):
+    router = _router(router_args, routing_args)
+    assert router.explicit_route("math") == "math"
+    assert router.explicit_route("deepseek-ai/deepseek-coder-1.3b-instruct") == "code"
     # A served name shared by every route (the CPU fallback) means the default route.
-    assert table.explicit_route("SmolLM2-135M-Instruct") == "general"
+    assert router.explicit_route("SmolLM2-135M-Instruct") == "general"
+    assert {r: t.deployment for r, t in router.targets.items()} == {
+        "code": "llm-code", "math": "llm-math", "general": "llm-general"}
 
 
-def test_unknown_model_is_a_404_listing_the_choices():
+def test_unknown_model_is_a_404_listing_the_choices(router_args, routing_args):
     with pytest.raises(OpenAIError) as info:
-        _table().explicit_route("gpt-9")
+        _router(router_args, routing_args).explicit_route("gpt-9")
     assert info.value.status == 404 and info.value.code == "model_not_found"
     assert "auto, code, math, general" in info.value.message
+
+
+def test_a_route_naming_an_unknown_llm_is_refused(router_args, routing_args):
+    routes = [*routing_args["routes"][:2], {**routing_args["routes"][2], "llm": "poet"}]
+    with pytest.raises(ValueError, match="names llm 'poet'"):
+        _router(router_args, {**routing_args, "routes": routes})

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from serve_app.local_run import StartupError, serve_run
+from tests.local_serve import StartupError, serve_run
 from tests.conftest import SERVE_CONFIG
 
 pytestmark = pytest.mark.cluster

@@ -1,4 +1,4 @@
-from serve_app.stats import RequestRecord, RoutingStats
+from serve_app.request_stats import RequestRecord, RoutingStats
 
 
 def test_stats_keep_the_known_shape_and_add_detail():

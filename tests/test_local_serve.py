@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from serve_app.local_run import _stop, _wait_port_free
+from tests.local_serve import _stop, _wait_port_free
 
 LISTENER = textwrap.dedent("""
     import socket, subprocess, sys, time

@@ -1,7 +1,7 @@
 """Routing statistics: counts per route and decision, errors, and latency percentiles.
 
-Pure bookkeeping; the stats deployment holds one instance so that ``/stats`` adds up every
-ingress replica.
+Pure bookkeeping. Each ingress replica records its own requests in one ``RoutingStats``, in process;
+about once a second it hands a copy to the stats deployment, which merges every replica's for ``/stats``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.routing import FALLBACK_REASONS
+from serve_app.routing.policy import FALLBACK_REASONS
 
 _WINDOW = 2048  # latency samples kept per route: percentiles describe recent traffic
 
@@ -42,8 +42,10 @@ class RoutingStats:
         self._latency: dict[str, deque[float]] = {}
         self._first_token: dict[str, deque[float]] = {}
         self._classify: deque[float] = deque(maxlen=_WINDOW)
+        self.version = 0  # bumped by every record: a replica sends its statistics only when they changed
 
     def record(self, r: RequestRecord) -> None:
+        self.version += 1
         if r.route is None:
             self.rejected += 1
             self.errors[str(r.status)] += 1
@@ -60,6 +62,24 @@ class RoutingStats:
                 self._first_token.setdefault(r.route, deque(maxlen=_WINDOW)).append(r.first_token_ms)
         if r.classify_ms is not None:
             self._classify.append(r.classify_ms)
+
+    @classmethod
+    def merged(cls, parts: Sequence[RoutingStats]) -> RoutingStats:
+        """Every replica's statistics as one: counts add up, latency samples pool."""
+        total = cls()
+        for p in parts:
+            total.started = min(total.started, p.started)
+            total.total += p.total
+            total.routes.update(p.routes)
+            total.reasons.update(p.reasons)
+            total.errors.update(p.errors)
+            total.streams += p.streams
+            total.rejected += p.rejected
+            for mine, theirs in ((total._latency, p._latency), (total._first_token, p._first_token)):
+                for route, samples in theirs.items():
+                    mine.setdefault(route, deque()).extend(samples)
+            total._classify.extend(p._classify)
+        return total
 
     def snapshot(self, routes: Sequence[str] = ()) -> dict[str, Any]:
         """Totals so far; ``routes`` (those configured now) are listed even before their first request."""

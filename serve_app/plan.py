@@ -1,0 +1,129 @@
+"""What each deployment asks of the Ray cluster, and what each LLM engine is started with.
+
+Pure: the builder turns this plan into Serve deployments, tests read the same plan to prove that the
+GPU options (fractions, environment) are what reaches Ray without needing a GPU, and
+``python -m serve_app.placement`` prints it for operators.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from serve_app import kvcached
+from serve_app.config import LLMEntry, RouterConfig, deployment_name
+from serve_app.embedded import SMOLLM2, is_embedded
+
+logger = logging.getLogger("serve_app.placement")
+
+Accelerator = Literal["gpu", "cpu"]
+
+INGRESS = "Ingress"
+CLASSIFIER = "Classifier"
+STATS = "StatsAggregator"
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class LLMPlan:
+    """One LLM deployment: what it asks of Ray, what its engine starts with, and what it answers as."""
+
+    llm: str  # the name of its entry in the config's llms
+    deployment: str
+    configured_model: str  # what the config asks for
+    model: str  # what the replica loads: an id, a path or embedded:NAME (the CPU fallback's model)
+    served_model: str  # the name it answers as
+    engine_args: dict[str, Any]
+    env: dict[str, str]  # set in the replica before vLLM is imported
+    ray_actor_options: dict[str, Any]
+
+    @property
+    def cpu_fallback(self) -> bool:
+        return self.model != self.configured_model
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    ray_actor_options: dict[str, dict[str, Any]]  # the ingress, classifier and stats deployments
+    llms: dict[str, LLMPlan] = field(default_factory=dict)  # by llm name
+
+
+def served_model_name(model: str) -> str:
+    return model.removeprefix("embedded:") if is_embedded(model) else model
+
+
+def cpu_engine_env(kv_cache_space_gib: int, cores: int | None = None) -> dict[str, str]:
+    cores = cores or os.cpu_count() or 1
+    return {
+        # One engine per process, in the replica itself (see serve_app/vllm_engine.py).
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib),
+        # vLLM leaves one core idle by default: on a small box that halves throughput.
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
+        # vLLM 0.29's AOT compile cache fails to load on CPU and recompiles every start (about 115 s);
+        # the plain inductor cache reloads (about 50 s).
+        "VLLM_USE_AOT_COMPILE": "0",
+    }
+
+
+def gpu_engine_env(config: RouterConfig) -> dict[str, str]:
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if config.kvcached.enabled:
+        env |= kvcached.engine_env(config.kvcached, config.classifier.num_gpus)
+    return env
+
+
+def gpu_engine_args(llm: LLMEntry, use_kvcached: bool) -> dict[str, Any]:
+    args = dict(llm.engine_args)
+    if llm.kv_cache_gib is not None:
+        args["kv_cache_memory_bytes"] = int(llm.kv_cache_gib * GIB)
+    if use_kvcached:
+        # kvcached hands a finished request's pages back to the shared pool; vLLM's prefix cache would keep
+        # them, so an idle engine would sit on memory its neighbours need (kvcached's own examples turn it off).
+        args.setdefault("enable_prefix_caching", False)
+    else:
+        # Without kvcached each engine reserves gpu_memory_utilization of the whole GPU up front (vLLM's
+        # default 0.9), so the second engine on a shared GPU could not start: reserve the Ray share instead.
+        # (Under kvcached this is only a logical cap, not a reservation, and vLLM's default is right.)
+        args.setdefault("gpu_memory_utilization", llm.num_gpus)
+    return args
+
+
+def plan(config: RouterConfig, accelerator: Accelerator) -> GraphPlan:
+    if accelerator == "cpu" and config.kvcached.enabled:
+        logger.info("kvcached is GPU-only: ignored on the CPU fallback (vLLM's CPU build reserves its KV cache).")
+    cpu = config.cpu_fallback
+    small = {"num_cpus": cpu.small_num_cpus}
+    classifier = (small if accelerator == "cpu"
+                  else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus})
+    result = GraphPlan({INGRESS: small, CLASSIFIER: classifier, STATS: small})
+    for llm in config.llms:
+        if accelerator == "cpu":
+            model, engine_args = cpu.model, dict(cpu.engine_args)
+            actor = {"num_cpus": cpu.llm_num_cpus}
+            env = cpu_engine_env(cpu.kv_cache_space_gib)
+        else:
+            model, engine_args = llm.model, gpu_engine_args(llm, config.kvcached.enabled)
+            actor = {"num_cpus": llm.num_cpus, "num_gpus": llm.num_gpus}
+            env = gpu_engine_env(config)
+        result.llms[llm.name] = LLMPlan(llm.name, deployment_name(llm.name), llm.model, model,
+                                        served_model_name(model), engine_args, env, actor)
+    return result
+
+
+def resolve_accelerator(requested: str, cluster_gpus: float) -> Accelerator:
+    """``auto`` means GPU when the cluster has GPUs now; set ``gpu`` for clusters that scale GPU nodes from zero."""
+    if requested == "gpu":
+        return "gpu"
+    if requested == "cpu":
+        return "cpu"
+    if cluster_gpus > 0:
+        return "gpu"
+    logger.warning(
+        "No GPU in the Ray cluster: every LLM deployment serves the embedded CPU default %s with vLLM's CPU "
+        "build. Set accelerator: gpu to require GPUs.", SMOLLM2,
+    )
+    return "cpu"
