@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.compat import StringIO
 
 from serve_app.accuracy import classification_scores
 from serve_app.config import RoutingConfig
@@ -136,20 +138,28 @@ class ConfigEditError(RuntimeError):
 def write_calibration(path: str | Path, fit: Fit) -> None:
     """Set top_k and the thresholds in the routing block, keeping comments; verified by parsing the file back."""
     text = Path(path).read_text()
-    lines = text.splitlines(keepends=True)
-    app = application_index(yaml.safe_load(text))
-    start = _nth_line(lines, r"\s*deployments:\s*(#.*)?", app)
-    ingress = _block_start(lines, rf"- name:\s*{INGRESS}", start)
-    # The block is written under the Ingress (an anchor the Classifier shares), so one edit changes both.
-    block = _block_start(lines, r"user_config:(\s*&[\w-]+)?", ingress)
-    _set_key(lines, block, "top_k", str(fit.top_k))
-    routes = _block_start(lines, r"routes:", block)
-    for route, value in fit.thresholds.items():
-        entry = _block_start(lines, rf"- name:\s*{re.escape(route)}", routes)
-        _set_key(lines, entry, "threshold", f"{value:.2f}", after="llm")
-    new = "".join(lines)
     expected = yaml.safe_load(text)
-    routing = routing_block(expected["applications"][app])  # the object both deployments share when anchored
+    app = application_index(expected)
+    rt = _round_trip()
+    doc = rt.load(text)
+    # Only through the Ingress: where the Classifier aliases the block (*routing), this edit changes both.
+    block = _ingress_block(doc["applications"][app])
+    if block.anchor.value:  # ruamel drops an anchor no alias uses: keep &routing once the Classifier has no *routing
+        block.yaml_set_anchor(block.anchor.value, always_dump=True)
+    block["top_k"] = fit.top_k
+    entries = {entry["name"]: entry for entry in block["routes"]}
+    for route, value in fit.thresholds.items():
+        if route not in entries:
+            raise ConfigEditError(f"no route {route!r} in the routing block of {path}")
+        threshold = rt.load(f"{value:.2f}")  # a float that ruamel writes with two decimals, as the snippet does
+        if "threshold" in entries[route]:
+            entries[route]["threshold"] = threshold
+        else:
+            entries[route].insert(list(entries[route]).index("llm") + 1, "threshold", threshold)
+    out = StringIO()
+    rt.dump(doc, out)
+    new = out.getvalue()
+    routing = _ingress_block(expected["applications"][app])  # one object with the Classifier's when aliased
     routing["top_k"] = fit.top_k
     for r in routing["routes"]:
         if r["name"] in fit.thresholds:
@@ -159,49 +169,20 @@ def write_calibration(path: str | Path, fit: Fit) -> None:
     Path(path).write_text(new)
 
 
-def _nth_line(lines: list[str], pattern: str, n: int) -> int:
-    found = [i for i, line in enumerate(lines) if re.fullmatch(pattern, line.rstrip("\n"))]
-    if len(found) <= n:
-        raise ConfigEditError(f"no line matching {pattern!r}")
-    return found[n]
+def _round_trip() -> YAML:
+    """A round-trip YAML in serve_config.yaml's layout, so that the lines not edited come out as they were."""
+    rt = YAML()
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.preserve_quotes = True
+    rt.width = sys.maxsize  # never fold a long example onto two lines
+    return rt
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _block_start(lines: list[str], key: str, after: int) -> int:
-    """The first line inside ``after``'s block that is ``key`` (whatever its indentation and comment)."""
-    for i in range(after + 1, len(lines)):
-        stripped = lines[i].strip()
-        if stripped and not stripped.startswith("#") and _indent(lines[i]) <= _indent(lines[after]):
-            break
-        if re.fullmatch(rf"{key}\s*(#.*)?", stripped):
-            return i
-    raise ConfigEditError(f"no {key!r} under line {after + 1}")
-
-
-def _set_key(lines: list[str], block: int, key: str, value: str, after: str | None = None) -> None:
-    """Replace ``key: <value>`` among the block's fields, or add it (below ``after`` when that field exists)."""
-    insert_at, indent = block + 1, None
-    for i in range(block + 1, len(lines)):
-        stripped = lines[i].strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if _indent(lines[i]) <= _indent(lines[block]):
-            break
-        indent = _indent(lines[i]) if indent is None else indent
-        if _indent(lines[i]) != indent:
-            continue  # nested deeper: a field's own value
-        match = re.fullmatch(rf"(\s*){key}:\s*[^#\s]+(\s*#.*)?", lines[i].rstrip("\n"))
-        if match:
-            lines[i] = f"{match.group(1)}{key}: {value}{match.group(2) or ''}\n"
-            return
-        if after and re.match(rf"\s*{after}:", lines[i]):
-            insert_at = i + 1
-    if indent is None:
-        raise ConfigEditError(f"no fields under line {block + 1}")
-    lines.insert(insert_at, f"{' ' * indent}{key}: {value}\n")
+def _ingress_block(application: dict) -> dict:
+    for deployment in application.get("deployments") or []:
+        if deployment.get("name") == INGRESS and isinstance(deployment.get("user_config"), dict):
+            return deployment["user_config"]
+    raise ConfigEditError(f"no routing block: the {INGRESS} deployment has no user_config")
 
 
 def main(argv: list[str] | None = None) -> int:
