@@ -14,7 +14,6 @@ is the choice least tied to the exact items of the file.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from ruamel.yaml.compat import StringIO
 
 from serve_app.accuracy import classification_scores
 from serve_app.config import RoutingConfig
-from serve_app.config_file import application_index, routing_block
+from serve_app.config_file import application_index, user_config
 from serve_app.errors import describe_error
 from serve_app.eval import InProcessRouter, add_data_args, load_inputs
 from serve_app.labelled import LabelledItem
@@ -142,10 +141,7 @@ def write_calibration(path: str | Path, fit: Fit) -> None:
     app = application_index(expected)
     rt = _round_trip()
     doc = rt.load(text)
-    # Only through the Ingress: where the Classifier aliases the block (*routing), this edit changes both.
-    block = _ingress_block(doc["applications"][app])
-    if block.anchor.value:  # ruamel drops an anchor no alias uses: keep &routing once the Classifier has no *routing
-        block.yaml_set_anchor(block.anchor.value, always_dump=True)
+    block = user_config(doc["applications"][app], INGRESS)
     block["top_k"] = fit.top_k
     entries = {entry["name"]: entry for entry in block["routes"]}
     for route, value in fit.thresholds.items():
@@ -159,7 +155,7 @@ def write_calibration(path: str | Path, fit: Fit) -> None:
     out = StringIO()
     rt.dump(doc, out)
     new = out.getvalue()
-    routing = _ingress_block(expected["applications"][app])  # one object with the Classifier's when aliased
+    routing = user_config(expected["applications"][app], INGRESS)
     routing["top_k"] = fit.top_k
     for r in routing["routes"]:
         if r["name"] in fit.thresholds:
@@ -176,13 +172,6 @@ def _round_trip() -> YAML:
     rt.preserve_quotes = True
     rt.width = sys.maxsize  # never fold a long example onto two lines
     return rt
-
-
-def _ingress_block(application: dict) -> dict:
-    for deployment in application.get("deployments") or []:
-        if deployment.get("name") == INGRESS and isinstance(deployment.get("user_config"), dict):
-            return deployment["user_config"]
-    raise ConfigEditError(f"no routing block: the {INGRESS} deployment has no user_config")
 
 
 def main(argv: list[str] | None = None) -> int:

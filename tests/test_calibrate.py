@@ -75,21 +75,9 @@ def test_calibration_improves_or_keeps_accuracy(router_args, routing_args, encod
     assert predicted == [lab for _, lab in ITEMS]
 
 
-ALIAS = "user_config: *routing"  # the Classifier's, in the shipped file
-
-
 def _comments(text: str) -> list[str]:
     """Every '#' to the end of its line, in order (a '#' inside a string counts too: it must survive as well)."""
     return re.findall(r"#.*", text)
-
-
-def _without_whitespace(text: str) -> str:
-    return re.sub(r"\s", "", text)
-
-
-def _layout(text: str) -> list[str]:
-    """The lines as written, but for a comment after the alias: ruamel puts it on a line of its own."""
-    return [line for line in text.splitlines() if ALIAS not in line and line.strip() != "# the same routing block"]
 
 
 def _edited_as_text(text: str, top_k: int, thresholds: dict[str, float]) -> str:
@@ -105,16 +93,6 @@ def _edited_as_text(text: str, top_k: int, thresholds: dict[str, float]) -> str:
 def _ingress_block(text: str) -> dict:
     deployments = yaml.safe_load(text)["applications"][0]["deployments"]
     return next(d["user_config"] for d in deployments if d["name"] == "Ingress")
-
-
-@pytest.fixture(params=["shipped", "no_classifier_alias"])
-def config_text(request) -> str:
-    """The shipped serve_config.yaml, and the layout under way where only the Ingress holds the routing block."""
-    text = SERVE_CONFIG.read_text()
-    if request.param == "no_classifier_alias":
-        text = re.sub(r"\n +user_config: \*routing[^\n]*", "", text)
-        assert ALIAS not in text and "user_config: &routing" in text
-    return text
 
 
 def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
@@ -135,10 +113,9 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
 
     written = config_path.read_text()
     assert _comments(written) == _comments(text)
-    assert "user_config: &routing" in written and ALIAS in written
-    unedited = [line for line in _layout(written) if not re.match(r" +(top_k|threshold): ", line)]
-    assert unedited == [line for line in _layout(text) if not re.match(r" +(top_k|threshold): ", line)]
-    routing = load_app_config(config_path).routing  # also proves Ingress and Classifier still share the block
+    unedited = [line for line in written.splitlines() if not re.match(r" +(top_k|threshold): ", line)]
+    assert unedited == [line for line in text.splitlines() if not re.match(r" +(top_k|threshold): ", line)]
+    routing = load_app_config(config_path).routing
     assert routing.top_k == snippet["top_k"]
     assert {r.name: r.threshold for r in routing.routes} == {
         **{r["name"]: r["threshold"] for r in snippet["routes"]}, "general": None}
@@ -154,39 +131,28 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
     assert after == before
 
 
-def test_write_with_the_current_values_keeps_the_file(config_text, tmp_path):
+def test_write_with_the_current_values_keeps_the_file(tmp_path):
+    text = SERVE_CONFIG.read_text()
     config_path = tmp_path / "serve_config.yaml"
-    config_path.write_text(config_text)
-    block = _ingress_block(config_text)
+    config_path.write_text(text)
+    block = _ingress_block(text)
     thresholds = {r["name"]: r["threshold"] for r in block["routes"] if "threshold" in r}
     cal.write_calibration(config_path, cal.Fit(block["top_k"], thresholds, 1.0, 1.0))
-    written = config_path.read_text()
-    if ALIAS in config_text:
-        # The one change ruamel makes: the comment after `*routing` moves onto the next line, same column.
-        assert _layout(written) == _layout(config_text) and _comments(written) == _comments(config_text)
-        assert _without_whitespace(written) == _without_whitespace(config_text)
-    else:
-        assert written == config_text
+    assert config_path.read_text() == text
 
 
-def test_write_sets_existing_values_in_place(config_text, tmp_path):
+def test_write_sets_existing_values_in_place(tmp_path):
+    text = SERVE_CONFIG.read_text()
     config_path = tmp_path / "serve_config.yaml"
-    config_path.write_text(config_text)
+    config_path.write_text(text)
     thresholds = {"code": 0.31, "math": 0.12}
     cal.write_calibration(config_path, cal.Fit(7, thresholds, 1.0, 1.0))
     written = config_path.read_text()
-
-    expected = _edited_as_text(config_text, 7, thresholds)
-    assert "          top_k: 7                      # score = mean similarity" in expected
-    # Comments, the anchor (and the alias where there is one), quotes, order and indentation: all as they were.
-    assert _layout(written) == _layout(expected) and _comments(written) == _comments(config_text)
-    assert _without_whitespace(written) == _without_whitespace(expected)
-    assert "user_config: &routing" in written and (ALIAS in written) == (ALIAS in config_text)
-    block = _ingress_block(written)
-    assert (block["top_k"], block["routes"][0]["threshold"], block["routes"][1]["threshold"]) == (7, 0.31, 0.12)
-    if ALIAS in config_text:
-        routing = load_app_config(config_path).routing  # the Classifier's alias follows the edit
-        assert (routing.top_k, routing.route("code").threshold, routing.route("math").threshold) == (7, 0.31, 0.12)
+    # Comments, quotes, order and indentation: all as they were, the three values changed on their own lines.
+    assert written == _edited_as_text(text, 7, thresholds)
+    assert "          top_k: 7                      # score = mean similarity" in written
+    routing = load_app_config(config_path).routing
+    assert (routing.top_k, routing.route("code").threshold, routing.route("math").threshold) == (7, 0.31, 0.12)
 
 
 @pytest.mark.parametrize("fit", [cal.Fit(5, {"code": 0.305}, 1.0, 1.0),  # not writable as a two-decimal value
