@@ -16,6 +16,7 @@ silently ignored; a key that has moved fails with a message naming its new home.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

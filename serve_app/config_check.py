@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from serve_app.errors import describe_error
 from serve_app.config_file import BUILDER, app_config, load_yaml
+from serve_app.errors import describe_error
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

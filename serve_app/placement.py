@@ -15,7 +15,6 @@ from serve_app import kvcached
 from serve_app.config import RouterConfig
 from serve_app.plan import Accelerator, plan
 
-
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
 

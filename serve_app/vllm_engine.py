@@ -58,11 +58,14 @@ class VLLMEngine:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.cli_args import FrontendArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         engine_args = AsyncEngineArgs(
             model=self.model, served_model_name=[self.served_model_name], **self._engine_kwargs
         )
-        self._engine = AsyncLLM.from_engine_args(engine_args)
+        # vLLM's engine metrics (KV-cache use, running/waiting requests, time to first token) through Ray's
+        # metrics system, beside Serve's and the router's: what Ray Serve LLM does too.
+        self._engine = AsyncLLM.from_engine_args(engine_args, stat_loggers=[RayPrometheusStatLogger])
         # The same flat namespace `vllm serve` builds from its command line.
         args = Namespace(**(vars(FrontendArgs(**self._frontend_kwargs)) | vars(engine_args)))
         state = State()

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+BASE = "http://127.0.0.1:8000"
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 DEV_SET = ROOT.parent / "shared" / "eval" / "dev.jsonl"
 
@@ -42,3 +43,19 @@ def encoder(router_args):
     from serve_app.encoder import load_encoder
 
     return load_encoder(router_args["classifier"]["model"])
+
+
+@pytest.fixture(scope="session")
+def graph():
+    """``serve run serve_config.yaml``, exactly as a user starts it, shared by every end-to-end module.
+
+    Modules that change it (a live routing update, a killed replica) put it back as they found it.
+    """
+    from tests.local_serve import StartupError, serve_run
+
+    try:
+        with serve_run(SERVE_CONFIG, BASE, timeout_s=1200) as running:
+            print(f"\nrouter healthy after {running.startup_s:.0f}s")
+            yield running
+    except StartupError as exc:
+        pytest.fail(str(exc))

@@ -1,5 +1,5 @@
 """Run ``serve run CONFIG`` as a child process on a private local Ray cluster, and wait until healthy;
-``serve deploy`` a config onto it.
+``serve deploy`` a config onto it; find its processes and its Prometheus endpoint.
 
 Used by the end-to-end tests and the benchmarks, so both measure exactly what a user starts.
 """
@@ -33,6 +33,27 @@ class LocalServe(NamedTuple):
     base_url: str
     startup_s: float  # until /health answered 200
     dashboard_url: str  # where `serve deploy -a` and Serve's REST API answer
+    ray_tmp: str  # the cluster's private RAY_TMPDIR: every one of its processes has it in its environment
+
+    def processes(self, title: str) -> list[psutil.Process]:
+        """This cluster's processes whose title contains ``title`` (a replica: ``ServeReplica:router:llm-code``)."""
+        return [p for p in _cluster_processes(self.ray_tmp) if title in " ".join(_cmdline(p))]
+
+    def metrics_url(self) -> str | None:
+        """Ray's Prometheus endpoint (the metrics export port, chosen at random by a local cluster)."""
+        for proc in _cluster_processes(self.ray_tmp):
+            try:
+                ports = {c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                continue
+            for port in ports:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200 and "ray_" in r.text:
+                    return f"http://127.0.0.1:{port}/metrics"
+        return None
 
 
 @contextmanager
@@ -47,7 +68,9 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     log_path = Path(ray_tmp) / "serve-run.log"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           # Metrics reach the Prometheus endpoint within a second instead of ten: tests read them.
+           "RAY_metrics_report_interval_ms": "1000"}
     serve_cli = Path(sys.executable).parent / "serve"
     started = time.monotonic()
     with open(log_path, "w") as log:
@@ -67,7 +90,7 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
                 raise StartupError(f"not healthy after {timeout_s:.0f}s:\n{log_path.read_text()[-5000:]}")
             time.sleep(2)
         found = _DASHBOARD.search(log_path.read_text())
-        yield LocalServe(base_url, time.monotonic() - started, found[1] if found else "http://127.0.0.1:8265")
+        yield LocalServe(base_url, time.monotonic() - started, found[1] if found else "http://127.0.0.1:8265", ray_tmp)
     finally:
         _stop(proc, ray_tmp)
         _wait_port_free(host, port, timeout_s=60)
@@ -83,12 +106,29 @@ def _stop(proc: subprocess.Popen[bytes], ray_tmp: str) -> None:
             proc.wait()
     # Ray's actors (the HTTP proxy among them) run in process groups of their own and can outlive the
     # CLI; every one of them inherited our private RAY_TMPDIR, which is how we find them.
-    for leftover in psutil.process_iter():
+    for leftover in _cluster_processes(ray_tmp):
         try:
-            if leftover.environ().get("RAY_TMPDIR") == ray_tmp:
-                leftover.kill()
+            leftover.kill()
         except psutil.Error:
             pass
+
+
+def _cluster_processes(ray_tmp: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_TMPDIR") == ray_tmp:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _wait_port_free(host: str, port: int, timeout_s: float) -> bool:

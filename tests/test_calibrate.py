@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from serve_app import calibrate as cal
-from serve_app.config import AppConfig
-from serve_app.labelled import load_labelled
 from serve_app.calibrate import Candidates
-from serve_app.eval import InProcessRouter
+from serve_app.config import AppConfig
 from serve_app.config_file import load_app_config, routing_block
+from serve_app.eval import InProcessRouter
+from serve_app.labelled import load_labelled
 from tests.conftest import SERVE_CONFIG
 
 ITEMS = [

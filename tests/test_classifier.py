@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 import numpy as np
+import pytest
 
 from serve_app.accuracy import classification_scores
 from serve_app.config import AppConfig

@@ -8,8 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from serve_app.config import AppConfig, RouterConfig, RoutingConfig
-from serve_app.errors import describe_error
 from serve_app.config_check import check
+from serve_app.errors import describe_error
+from serve_app.live_config import fingerprint
 
 
 def _error(data: dict, model: type = RouterConfig) -> str:
@@ -99,21 +100,40 @@ def test_auto_is_reserved_and_examples_required(routing_args):
 
 def test_routing_version_follows_the_content(routing_args):
     routing = RoutingConfig.model_validate(routing_args)
-    assert RoutingConfig.model_validate(copy.deepcopy(routing_args)).version == routing.version
+    assert fingerprint(RoutingConfig.model_validate(copy.deepcopy(routing_args))) == fingerprint(routing)
     changed = copy.deepcopy(routing_args)
     changed["routes"][0]["threshold"] = 0.5
-    assert RoutingConfig.model_validate(changed).version != routing.version
+    assert fingerprint(RoutingConfig.model_validate(changed)) != fingerprint(routing)
 
 
-def test_routing_block_is_shared_by_ingress_and_classifier(serve_config):
-    deployments = {d["name"]: d for d in serve_config["applications"][0]["deployments"]}
-    assert deployments["Ingress"]["user_config"] is deployments["Classifier"]["user_config"]  # one YAML anchor
+def test_each_setting_has_one_home(serve_config):
+    app = serve_config["applications"][0]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    # Routing (timeouts included) is the Ingress's alone; batching is the Classifier's; Serve's options are Serve's.
+    assert "routes" in deployments["Ingress"]["user_config"] and "request_timeout_s" in deployments["Ingress"]["user_config"]
+    assert set(deployments["Classifier"]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
+    assert "request_timeout_s" not in app["args"] and "max_batch_size" not in app["args"]["classifier"]
+    assert deployments["Classifier"]["max_ongoing_requests"] >= deployments["Classifier"]["user_config"]["max_batch_size"]
+
+
+@pytest.mark.parametrize("where, key, value, message", [
+    ("args", "request_timeout_s", 5, "request_timeout_s has moved: set it in the routing block"),
+    ("classifier", "max_batch_size", 8, "max_batch_size has moved: set it in the user_config of the Classifier"),
+    ("classifier", "batch_wait_timeout_s", 0, "batch_wait_timeout_s has moved: set it in the user_config"),
+])
+def test_a_moved_key_names_its_new_home(router_args, where, key, value, message):
+    args = copy.deepcopy(router_args)
+    (args if where == "args" else args["classifier"])[key] = value
+    assert message in _error(args)
+
+
+def test_the_classifier_refuses_the_routing_block_it_used_to_share(serve_config):
     bad = copy.deepcopy(serve_config)
-    bad["applications"][0]["deployments"][1]["user_config"] = {**bad["applications"][0]["deployments"][0]["user_config"],
-                                                              "threshold": 0.9}
-    assert any("hold different routing blocks" in p for p in check(bad))
-    del bad["applications"][0]["deployments"][1]["user_config"]
-    assert any("['Classifier'] have no user_config" in p for p in check(bad))
+    ingress, classifier = bad["applications"][0]["deployments"][:2]
+    classifier["user_config"] = ingress["user_config"]
+    assert any("remove `user_config: *routing` from the Classifier" in p for p in check(bad))
+    del ingress["user_config"]
+    assert any("deployment Ingress has no user_config" in p for p in check(bad))
 
 
 def test_checker_reports_bad_args_and_bad_routing_together(serve_config):

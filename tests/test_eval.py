@@ -8,9 +8,9 @@ import random
 import pytest
 
 from serve_app import eval as eval_cli
-from serve_app.labelled import LabelledDataError, load_labelled, part_of
 from serve_app.accuracy import classification_scores
 from serve_app.eval import InProcessRouter
+from serve_app.labelled import LabelledDataError, load_labelled, part_of
 from tests.conftest import DEV_SET, SERVE_CONFIG
 
 ITEMS = [
@@ -104,7 +104,7 @@ def test_split_is_deterministic_disjoint_and_about_half():
 @pytest.mark.parametrize("line, message", [
     ('{"text": "hi"}', "'label'"),
     ('{"label": "code"}', "'text'"),
-    ('{"label": "code", "messages": []}', "non-empty"),
+    ('{"label": "code", "messages": []}', "messages: List should have at least 1 item"),
     ("not json", "not JSON"),
 ])
 def test_bad_lines_name_file_and_line(tmp_path, line, message):

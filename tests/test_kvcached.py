@@ -17,7 +17,7 @@ READY = RuntimeProbe(kvcached_installed=True, autopatch_hook=True, gpu_available
 
 def test_ipc_names_are_unique_across_replicas_and_deployments(router_args):
     p = plan(RouterConfig.model_validate(router_args), "gpu")
-    engines = {name: d.engine for name, d in p.deployments.items() if d.engine is not None}
+    engines = {llm.deployment: llm for llm in p.llms.values()}
     assert set(engines) == {"llm-code", "llm-math", "llm-general"}
     names = set()
     for deployment, engine in engines.items():

@@ -5,7 +5,7 @@ with the cluster's auth token) of a changed routing block. Proves that the new r
 take effect, that no replica restarts (the vLLM engine least of all), that a stream in flight
 finishes, and that a bad routing block is refused while the router serves on with the last good one.
 
-To start quickly, the graph is the shipped config with one LLM deployment answering every route.
+It runs on the graph every end-to-end module shares, and deploys the shipped config again at the end.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.local_serve import StartupError, auth_token, serve_deploy, serve_run
-from serve_app.serve_file import routing_block
-from tests.conftest import SERVE_CONFIG
+from serve_app.config_file import routing_block
+from tests.conftest import BASE, SERVE_CONFIG
+from tests.local_serve import auth_token, serve_deploy
 
 pytestmark = pytest.mark.cluster
 
-BASE = "http://127.0.0.1:8000"
 UPDATE_TIMEOUT_S = 180
 STREAM_TOKENS = 600  # about half a minute of decoding on a 2-core CPU: long enough to span the update
 
@@ -41,17 +40,6 @@ HAIKU = "Write a haiku about autumn leaves"
 SUM = "What is 15 times 12?"
 
 
-def _one_llm(config: dict) -> dict:
-    """The shipped config with llm-general answering every route."""
-    config = copy.deepcopy(config)
-    app = config["applications"][0]
-    app["args"]["llms"] = [llm for llm in app["args"]["llms"] if llm["name"] == "general"]
-    app["deployments"] = [d for d in app["deployments"] if d["name"] not in ("llm-code", "llm-math")]
-    for route in routing_block(app)["routes"]:  # the Ingress and Classifier share this object (one anchor)
-        route["llm"] = "general"
-    return config
-
-
 def _retuned(config: dict) -> dict:
     """A creative route added, and a math threshold no score reaches."""
     config = copy.deepcopy(config)
@@ -62,14 +50,14 @@ def _retuned(config: dict) -> dict:
 
 
 def _write(config: dict, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))  # shared objects come out as a YAML anchor
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("live")
-    before = _one_llm(yaml.safe_load(SERVE_CONFIG.read_text()))
+    before = yaml.safe_load(SERVE_CONFIG.read_text())
     after = _retuned(before)
     typo = copy.deepcopy(after)
     routing_block(typo["applications"][0])["routes"][0]["exampels"] = ["a typo"]
@@ -78,13 +66,12 @@ def configs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def router(configs):
-    try:
-        with serve_run(configs["before"], BASE) as running:
-            print(f"\nrouter healthy after {running.startup_s:.0f}s")
-            yield running
-    except StartupError as exc:
-        pytest.fail(str(exc))
+def router(graph, configs):
+    yield graph
+    # Every module after this one sees the graph as shipped.
+    deployed = serve_deploy(configs["before"], graph.dashboard_url)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    _wait(lambda: "creative" not in {m["id"] for m in httpx.get(f"{BASE}/v1/models").json()["data"]}, "restored")
 
 
 def _route(text: str) -> tuple[str, str]:
@@ -152,7 +139,7 @@ def test_routing_changes_live_without_restarting_a_replica(router, configs):
     assert _route(SUM) == ("math", "classified")
     assert "creative" not in {m["id"] for m in httpx.get(f"{BASE}/v1/models").json()["data"]}
     before = _replicas(router.dashboard_url)
-    assert set(before) == {"Ingress", "Classifier", "StatsRecorder", "llm-general"}
+    assert set(before) == {"Ingress", "Classifier", "StatsAggregator", "llm-code", "llm-math", "llm-general"}
     version = httpx.get(f"{BASE}/health").json()["routing"]["version"]
 
     stream = _Stream()
@@ -195,6 +182,6 @@ def test_a_bad_routing_block_is_refused_and_the_router_serves_on(router, configs
     assert health.status_code == 200
     assert "routes.0.exampels: Extra inputs are not permitted" in health.json()["routing"]["refused"]
     assert health.json()["routing"]["version"] == version
-    assert _route(HAIKU) == ("creative", "classified")  # the last good routing, in the classifier too
+    assert _route(HAIKU) == ("creative", "classified")  # the last good routing
     _wait(lambda: _application(router.dashboard_url)["status"] == "RUNNING", "RUNNING")
     assert _replicas(router.dashboard_url) == before

@@ -59,7 +59,7 @@ def test_gpu_profile_resources_per_deployment(gpu_views):
     assert gpu_views["Classifier"].ray_actor_options == {"num_cpus": 1, "num_gpus": 0.1}
     for name in LLMS:
         assert gpu_views[name].ray_actor_options == {"num_cpus": 2, "num_gpus": 0.3}
-    for name in ("Ingress", "StatsRecorder"):
+    for name in ("Ingress", "StatsAggregator"):
         assert "num_gpus" not in gpu_views[name].ray_actor_options
 
 
@@ -69,7 +69,7 @@ def test_each_llm_autoscales_on_its_own(gpu_views):
         a = gpu_views[name].autoscaling
         assert (a.min_replicas, a.max_replicas, a.target_ongoing_requests) == (1, 2, 16)
         assert (a.upscale_delay_s, a.downscale_delay_s) == (30, 900)  # cold starts are minutes: slow to let go
-    for name in ("Ingress", "Classifier", "StatsRecorder"):
+    for name in ("Ingress", "Classifier", "StatsAggregator"):
         assert gpu_views[name].autoscaling is None and gpu_views[name].replicas == (1, 1)
     gpus_at_min = sum(v.ray_actor_options.get("num_gpus", 0) * v.replicas[0] for v in gpu_views.values())
     assert gpus_at_min == pytest.approx(1.0)  # the whole graph on one GPU until something scales

@@ -37,7 +37,7 @@ def test_no_text_goes_to_default():
 
 def test_example_index_scores_match_a_per_route_loop():
     rng = np.random.default_rng(0)
-    unit = lambda n: (v := rng.normal(size=(n, 8))) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    unit = lambda n: (v := rng.normal(size=(n, 8))) / np.linalg.norm(v, axis=1, keepdims=True)
     examples, queries = [unit(7), unit(2), unit(5)], unit(4)
     index = ExampleIndex(["a", "b", "c"], examples, top_k=3)
     for k in (1, 3, 5):

@@ -14,24 +14,14 @@ import httpx
 import openai
 import pytest
 
-from tests.local_serve import StartupError, serve_run
-from tests.conftest import SERVE_CONFIG
-
 pytestmark = pytest.mark.cluster
 
-BASE = "http://127.0.0.1:8000"
-STARTUP_TIMEOUT_S = 1200
 SMOLLM2 = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")
-def router():
-    try:
-        with serve_run(SERVE_CONFIG, BASE, STARTUP_TIMEOUT_S) as running:
-            print(f"\nrouter healthy after {running.startup_s:.0f}s")
-            yield running.base_url
-    except StartupError as exc:
-        pytest.fail(str(exc))
+def router(graph) -> str:
+    return graph.base_url
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +59,7 @@ def test_seed_examples_reach_the_right_model(client, text, route):
 def test_full_graph_is_deployed_and_healthy(router):
     health = httpx.get(f"{router}/health", timeout=10).json()
     assert health["status"] == "ok"
-    assert set(health["deployments"]) == {"Ingress", "Classifier", "StatsRecorder", "llm-code", "llm-math",
+    assert set(health["deployments"]) == {"Ingress", "Classifier", "StatsAggregator", "llm-code", "llm-math",
                                           "llm-general"}
 
 
@@ -207,3 +197,27 @@ def test_unknown_path_is_an_openai_404(router):
 def test_still_serving_after_bad_input(client):
     headers, completion = _ask(client, "What is the capital of France?")
     assert headers["x-router-category"] == "general" and completion.choices[0].message.content
+
+
+def test_concurrent_classifications_through_the_batched_deployment_match_in_process(router, app_config, encoder):
+    # The Classifier's @serve.batch method embeds concurrent requests in one call: each caller must get its own
+    # rows back. 24 different requests at once, each compared with the decision made in this process.
+    from serve_app.eval import InProcessRouter
+    from serve_app.labelled import load_labelled
+    from tests.conftest import DEV_SET
+
+    texts = [item.texts[0] for item in load_labelled(DEV_SET)[:24]]
+    in_process = InProcessRouter.from_config(app_config, encoder)
+
+    def ask(text: str) -> httpx.Response:
+        return httpx.post(f"{router}/v1/chat/completions", timeout=120,
+                          json={"messages": [{"role": "user", "content": text}], "max_tokens": 1})
+
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        responses = list(pool.map(ask, texts))
+    for text, response in zip(texts, responses):
+        assert response.status_code == 200, response.text
+        expected = in_process.classify((text,))
+        assert (response.headers["x-router-category"], response.headers["x-router-reason"]) == (
+            expected.route, expected.reason), text
+        assert float(response.headers["x-router-score"]) == pytest.approx(expected.score, abs=2e-3)
