@@ -40,8 +40,8 @@ class LocalServe(NamedTuple):
         return [p for p in _cluster_processes(self.ray_tmp) if title in " ".join(_cmdline(p))]
 
     def metrics_url(self) -> str | None:
-        """Ray's Prometheus endpoint (the metrics export port, chosen at random by a local cluster)."""
-        for proc in _cluster_processes(self.ray_tmp):
+        """Ray's Prometheus endpoint: the metrics export port of its DashboardAgent, random on a local cluster."""
+        for proc in self.processes("DashboardAgent"):
             try:
                 ports = {c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
             except psutil.Error:
@@ -51,7 +51,8 @@ class LocalServe(NamedTuple):
                     r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
                 except httpx.HTTPError:
                     continue
-                if r.status_code == 200 and "ray_" in r.text:
+                # The metrics agent's port (the dashboard's own /metrics has only ray_dashboard_* lines).
+                if r.status_code == 200 and "ray_node_mem_used" in r.text:
                     return f"http://127.0.0.1:{port}/metrics"
         return None
 
@@ -114,14 +115,17 @@ def _stop(proc: subprocess.Popen[bytes], ray_tmp: str) -> None:
 
 
 def _cluster_processes(ray_tmp: str) -> list[psutil.Process]:
-    found = []
+    """Every process that inherited ``ray_tmp``, and their children: Ray starts its agents (the metrics
+    agent among them) with an environment of their own."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter():
         try:
             if proc.environ().get("RAY_TMPDIR") == ray_tmp:
-                found.append(proc)
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
         except psutil.Error:
             pass
-    return found
+    return list(found.values())
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
