@@ -39,22 +39,29 @@ class LocalServe(NamedTuple):
         """This cluster's processes whose title contains ``title`` (a replica: ``ServeReplica:router:llm-code``)."""
         return [p for p in _cluster_processes(self.ray_tmp) if title in " ".join(_cmdline(p))]
 
-    def metrics_url(self) -> str | None:
-        """Ray's Prometheus endpoint: the metrics export port of its DashboardAgent, random on a local cluster."""
-        for proc in self.processes("DashboardAgent"):
-            try:
-                ports = {c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-            except psutil.Error:
-                continue
-            for port in ports:
+    def metrics_url(self, timeout_s: float = 60) -> str | None:
+        """Ray's Prometheus endpoint: the metrics export port of its DashboardAgent, random on a local cluster.
+
+        The agent serves it once it has collected the node's metrics, a few seconds after start-up.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for proc in self.processes("DashboardAgent"):
                 try:
-                    r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
-                except httpx.HTTPError:
+                    ports = {c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+                except psutil.Error:
                     continue
-                # The metrics agent's port (the dashboard's own /metrics has only ray_dashboard_* lines).
-                if r.status_code == 200 and "ray_node_mem_used" in r.text:
-                    return f"http://127.0.0.1:{port}/metrics"
-        return None
+                for port in ports:
+                    try:
+                        r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                    except httpx.HTTPError:
+                        continue
+                    # The metrics agent's port (the dashboard's own /metrics has only ray_dashboard_* lines).
+                    if r.status_code == 200 and "ray_node_mem_used" in r.text:
+                        return f"http://127.0.0.1:{port}/metrics"
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(2)
 
 
 @contextmanager
