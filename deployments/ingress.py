@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.api_keys import ApiKeys
 from serve_app.config import RoutingConfig
 from serve_app.errors import OpenAIError, status_phrase
 from serve_app.live_config import LiveConfig
@@ -61,27 +62,62 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 # Helpers stay above the class: @serve.ingress pickles the class by value, with the globals it sees.
-def _routing_headers(decision: RoutingDecision, target: LLMPlan) -> dict[str, str]:
-    headers = {"x-router-category": decision.route, "x-router-model": target.served_model,
+def _routing_headers(route: str, decision: RoutingDecision, target: LLMPlan) -> dict[str, str]:
+    """Which route answered (after any fallback), what answered it, and why the request was routed as it was."""
+    headers = {"x-router-category": route, "x-router-model": target.served_model,
                "x-router-reason": decision.reason}
     if decision.score is not None:
         headers["x-router-score"] = f"{decision.score:.4f}"
     return headers
 
 
-def _upstream_error(exc: BaseException, route: str) -> OpenAIError:
-    """What the client is told when an LLM deployment did not answer."""
+def _failure(exc: BaseException, route: str) -> tuple[str | None, OpenAIError]:
+    """Why a route's model did not answer (None: the request itself is wrong) and what a client would be told."""
     if isinstance(exc, OpenAIError):  # the LLM's own answer (Ray wraps it in RayTaskError: take the fields)
-        return OpenAIError(exc.status, exc.message, code=exc.code, param=exc.param, type=exc.type)
+        error = OpenAIError(exc.status, exc.message, code=exc.code, param=exc.param, type=exc.type)
+        return (None if error.status < 500 else "error"), error
     if isinstance(exc, BackPressureError):
-        return OpenAIError(503, f"The {route} model is at capacity; retry shortly.", code="overloaded")
+        return "overloaded", OpenAIError(503, f"The {route} model is at capacity; retry shortly.", code="overloaded")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return OpenAIError(504, f"The {route} model did not answer in time.", code="timeout")
+        return "timeout", OpenAIError(504, f"The {route} model did not answer in time.", code="timeout")
     if isinstance(exc, (ActorDiedError, ActorUnavailableError)):
         logger.warning("The %s model's replica is gone: %s", route, type(exc).__name__)
-        return OpenAIError(503, f"The {route} model's replica is unavailable; retry shortly.", code="upstream_error")
+        return "unavailable", OpenAIError(503, f"The {route} model's replica is unavailable; retry shortly.",
+                                          code="upstream_error")
     logger.error("The %s model failed: %r", route, exc)
-    return OpenAIError(500, f"The {route} model failed to answer ({type(exc).__name__}).", code="upstream_error")
+    return "error", OpenAIError(500, f"The {route} model failed to answer ({type(exc).__name__}).",
+                                code="upstream_error")
+
+
+def _no_answer(failed: list[tuple[str, str]], errors: list[OpenAIError], retry_after_s: int) -> OpenAIError:
+    """What a client is told when no model of its chain answered: 429 if capacity was the problem."""
+    if any(cause == "overloaded" for _, cause in failed):
+        routes = ", ".join(route for route, _ in failed)
+        return OpenAIError(429, f"Every model that could answer this request is at capacity ({routes}); retry after "
+                           f"{retry_after_s}s.", code="overloaded")
+    return errors[0]
+
+
+def _fallback_headers(failed: list[tuple[str, str]]) -> dict[str, str]:
+    if not failed:
+        return {}
+    return {"x-router-fallback": ",".join(route for route, _ in failed),
+            "x-router-fallback-cause": ",".join(cause for _, cause in failed)}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_large = OpenAIError(413, f"The request body is larger than {limit} bytes (max_request_bytes).",
+                            code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 def _ms_since(started: float) -> float:
@@ -121,6 +157,15 @@ class Ingress:
                                  tag_keys=("route",))
         self.classify_latency = Histogram("router_classify_latency_ms", "Time to classify one request.",
                                           boundaries=[1, 2, 5, 10, 20, 50, 100, 250, 1000])
+        self.classify_score = Histogram("router_classify_score", "The winning route's similarity score.",
+                                        boundaries=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8],
+                                        tag_keys=("route",))
+        self.fallbacks = Counter("router_fallbacks", "A route's model could not answer before its first token; "
+                                 "to_route answered it (none: no model did). cause overloaded is a spillover.",
+                                 tag_keys=("route", "to_route", "cause"))
+        self.rejections = Counter("router_rejections", "429s: every model that could answer was at capacity.",
+                                  tag_keys=("route",))
+        self.api_keys = ApiKeys.from_env()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         # The routing block changes on a live deployment (serve deploy) without restarting anything; a request
@@ -151,7 +196,8 @@ class Ingress:
         return await self._route("completion", request)
 
     @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, request: Request) -> dict[str, Any]:
+        self.api_keys.check(request.headers.get("authorization"))
         now = int(time.time())
         data = [{"id": AUTO_MODEL, "object": "model", "created": now, "owned_by": "semantic-router",
                  "description": "Routes each request by its content to one of the models below."}]
@@ -164,7 +210,8 @@ class Ingress:
         return {"object": "list", "data": data}
 
     @app.get("/stats")
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, request: Request) -> dict[str, Any]:
+        self.api_keys.check(request.headers.get("authorization"))
         try:
             await self._report_stats()  # this replica's requests are counted up to now
             return await self.stats_sink.snapshot.remote(list(self.router.targets))
@@ -189,7 +236,9 @@ class Ingress:
         started = time.perf_counter()
         router = self.router  # one router for the whole request, even if a routing update lands meanwhile
         try:
-            parsed = parse_request(endpoint, parse_json_body(await request.body()), router.config.context_turns)
+            self.api_keys.check(request.headers.get("authorization"))
+            body = parse_json_body(await _read_body(request, router.config.max_request_bytes))
+            parsed = parse_request(endpoint, body, router.config.context_turns)
             if parsed.model in (None, AUTO_MODEL):
                 decision, classify_ms = await self._classify(router, parsed.routing_texts)
             else:
@@ -197,32 +246,49 @@ class Ingress:
         except OpenAIError as exc:
             self._record(RequestRecord(None, "rejected", exc.status, _ms_since(started)))
             raise
-        target = router.targets[decision.route]
-        headers = _routing_headers(decision, target)
-        record = partial(self._finish, decision, started, classify_ms)
-        llm_request = LLMRequest(endpoint, {**parsed.body, "model": target.served_model}, parsed.stream)
-        client, timeout_s = self.clients[target.llm], router.config.request_timeout_s
-        if parsed.stream:
-            chunks = client.stream(llm_request)
-            waiting = chunks.__anext__()
-        else:
-            chunks = client.complete(llm_request)
-            waiting = chunks
-        try:
-            first = await _within(waiting, timeout_s, chunks)
-        except asyncio.CancelledError:
-            record(499)  # the client went away before the first token
-            raise
-        except Exception as exc:
-            error = _upstream_error(exc, decision.route)
-            record(error.status)
-            return JSONResponse(error.body(), status_code=error.status, headers=headers)
-        if not parsed.stream:
-            record(200)
-            return JSONResponse(first, headers=headers)
-        record = partial(record, first_token_ms=_ms_since(started), stream=True)
-        return StreamingResponse(self._relay(first, chunks, decision.route, record), media_type="text/event-stream",
-                                 headers=headers)
+        # The decided route first, then its fallbacks, until a model answers (streams: its first chunk).
+        failed: list[tuple[str, str]] = []
+        errors: list[OpenAIError] = []
+        for route in router.chain(decision.route, explicit=decision.reason == "explicit"):
+            target = router.targets[route]
+            record = partial(self._finish, route, decision, started, classify_ms, failed)
+            headers = {**_routing_headers(route, decision, target), **_fallback_headers(failed)}
+            llm_request = LLMRequest(endpoint, {**parsed.body, "model": target.served_model}, parsed.stream)
+            try:
+                first, chunks = await self._first_reply(target, llm_request, router.config.request_timeout_s)
+            except asyncio.CancelledError:
+                record(499)  # the client went away before the first token
+                raise
+            except Exception as exc:
+                cause, error = _failure(exc, route)
+                if cause is None:  # the request itself is wrong: another model would refuse it too
+                    record(error.status)
+                    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+                failed.append((route, cause))
+                errors.append(error)
+                continue
+            if not parsed.stream:
+                record(200)
+                return JSONResponse(first, headers=headers)
+            record = partial(record, first_token_ms=_ms_since(started), stream=True)
+            return StreamingResponse(self._relay(first, chunks, route, record), media_type="text/event-stream",
+                                     headers=headers)
+        error = _no_answer(failed, errors, router.config.retry_after_s)
+        headers = {**_routing_headers(decision.route, decision, router.targets[decision.route]),
+                   **_fallback_headers(failed)}
+        if error.status == 429:
+            headers["retry-after"] = str(router.config.retry_after_s)
+        self._finish(decision.route, decision, started, classify_ms, failed, error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    async def _first_reply(self, target: LLMPlan, request: LLMRequest, timeout_s: float) -> tuple[Any, Any]:
+        """The whole answer, or a stream's first chunk and the stream; raises what kept the model from answering."""
+        client = self.clients[target.llm]
+        if request.stream:
+            chunks = client.stream(request)
+            return await _within(chunks.__anext__(), timeout_s, chunks), chunks
+        response = client.complete(request)
+        return await _within(response, timeout_s, response), None
 
     async def _classify(self, router: Router, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
         if not texts:
@@ -236,8 +302,11 @@ class Ingress:
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)
             return RoutingDecision(router.default_route, "classifier_error"), None
         ms = _ms_since(started)
+        decision = router.decide(texts, embeddings)
         self.classify_latency.observe(ms)
-        return router.decide(texts, embeddings), ms
+        if decision.score is not None:
+            self.classify_score.observe(decision.score, tags={"route": decision.route})
+        return decision, ms
 
     async def _relay(self, first: str, chunks: Any, route: str, record: Any) -> AsyncIterator[str]:
         status = 200
@@ -249,8 +318,7 @@ class Ingress:
             status = 499  # the client went away: stop generating for it
             raise
         except Exception as exc:  # after the first token the status is sent: end the stream with an error event
-            error = _upstream_error(exc, route)
-            status = error.status
+            status = (error := _failure(exc, route)[1]).status
             yield f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
         finally:
             chunks.cancel()
@@ -258,16 +326,22 @@ class Ingress:
 
     # ---- statistics ------------------------------------------------------------------------------
 
-    def _finish(self, decision: RoutingDecision, started: float, classify_ms: float | None, status: int,
-                first_token_ms: float | None = None, stream: bool = False) -> None:
-        self._record(RequestRecord(decision.route, decision.reason, status, _ms_since(started), classify_ms,
-                                   first_token_ms, stream))
+    def _finish(self, route: str, decision: RoutingDecision, started: float, classify_ms: float | None,
+                failed: list[tuple[str, str]], status: int, first_token_ms: float | None = None,
+                stream: bool = False) -> None:
+        self._record(RequestRecord(route, decision.reason, status, _ms_since(started), classify_ms, first_token_ms,
+                                   stream, tuple(failed)))
 
     def _record(self, r: RequestRecord) -> None:
         """The one place a request is recorded: Prometheus metrics and this replica's /stats share it."""
         self.requests.inc(tags={"route": r.route or "none", "reason": r.reason, "status": str(r.status)})
         if r.route and r.status < 400:
             self.latency.observe(r.first_token_ms or r.latency_ms, tags={"route": r.route})
+        for failed_route, cause in r.failed:
+            self.fallbacks.inc(tags={"route": failed_route, "to_route": r.route if r.status < 400 else "none",
+                                     "cause": cause})
+        if r.status == 429:
+            self.rejections.inc(tags={"route": r.route or "none"})
         self.stats.record(r)
 
     async def _report_stats(self) -> None:

@@ -102,6 +102,9 @@ class RouteConfig(StrictModel):
     examples: list[str] = Field(min_length=1)
     threshold: float | None = Field(None, ge=-1, le=1, description="Overrides the routing block's threshold.")
     keywords: KeywordRules = KeywordRules()
+    fallbacks: list[str] | None = Field(
+        None, description="Routes that answer, in order, when this route's model cannot before its first token "
+        "(dead, timed out, overloaded, failing). Default: the default route. [] for none.")
 
     @field_validator("examples")
     @classmethod
@@ -121,6 +124,10 @@ class RoutingConfig(StrictModel):
     request_timeout_s: float = Field(600, gt=0, description="Longest wait for an LLM's first reply.")
     classifier_timeout_s: float = Field(
         10, gt=0, description="Longest wait for the classifier; past it the default route answers.")
+    fallback_explicit: bool = Field(
+        False, description="Also send a request that names its model to the route's fallbacks.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429, when every model that could answer is full.")
+    max_request_bytes: int = Field(4 << 20, ge=1024, description="Larger request bodies get 413.")
     routes: list[RouteConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -131,7 +138,20 @@ class RoutingConfig(StrictModel):
             raise ValueError("'auto' is reserved for classified requests and cannot name a route")
         if self.default_route not in names:
             raise ValueError(f"default_route {self.default_route!r} is not a route; routes are {sorted(names)}")
+        for route in self.routes:
+            unknown = sorted(set(route.fallbacks or ()) - names)
+            if unknown:
+                raise ValueError(f"route {route.name!r} falls back to {unknown}, which are not routes")
+            if route.name in (route.fallbacks or ()):
+                raise ValueError(f"route {route.name!r} cannot fall back to itself")
         return self
+
+    def fallbacks(self, route: str) -> list[str]:
+        """The routes that answer, in order, when ``route``'s model cannot."""
+        given = self.route(route).fallbacks
+        if given is not None:
+            return list(given)
+        return [] if route == self.default_route else [self.default_route]
 
     def route(self, name: str) -> RouteConfig:
         return next(r for r in self.routes if r.name == name)

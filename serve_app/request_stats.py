@@ -28,6 +28,8 @@ class RequestRecord:
     classify_ms: float | None = None
     first_token_ms: float | None = None
     stream: bool = False
+    # (route, cause) for each route whose model could not answer before ``route``'s did (or before giving up).
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 class RoutingStats:
@@ -39,6 +41,8 @@ class RoutingStats:
         self.errors: Counter[str] = Counter()
         self.streams = 0
         self.rejected = 0
+        self.fallback_causes: Counter[str] = Counter()  # why a route's model could not answer
+        self.fallback_paths: Counter[str] = Counter()  # "code->general": answered by a fallback
         self._latency: dict[str, deque[float]] = {}
         self._first_token: dict[str, deque[float]] = {}
         self._classify: deque[float] = deque(maxlen=_WINDOW)
@@ -54,6 +58,9 @@ class RoutingStats:
         self.routes[r.route] += 1
         self.reasons[r.reason] += 1
         self.streams += r.stream
+        self.fallback_causes.update(cause for _, cause in r.failed)
+        if r.failed and r.status < 400:
+            self.fallback_paths[f"{r.failed[0][0]}->{r.route}"] += 1
         if r.status >= 400:
             self.errors[str(r.status)] += 1
         else:
@@ -75,6 +82,8 @@ class RoutingStats:
             total.errors.update(p.errors)
             total.streams += p.streams
             total.rejected += p.rejected
+            total.fallback_causes.update(p.fallback_causes)
+            total.fallback_paths.update(p.fallback_paths)
             for mine, theirs in ((total._latency, p._latency), (total._first_token, p._first_token)):
                 for route, samples in theirs.items():
                     mine.setdefault(route, deque()).extend(samples)
@@ -91,6 +100,10 @@ class RoutingStats:
             "fallbacks": fallbacks,
             "errors": {"total": sum(self.errors.values()), "by_status": dict(self.errors)},
             "rejected": self.rejected,
+            # Requests another model answered because theirs could not (dead, timed out, overloaded, failing).
+            "model_fallbacks": {"answered": sum(self.fallback_paths.values()), "by_path": dict(self.fallback_paths),
+                                "by_cause": dict(self.fallback_causes)},
+            "spillovers": self.fallback_causes["overloaded"],
             "streams": self.streams,
             "latency_ms": {route: _percentiles(v) for route, v in self._latency.items()},
             "first_token_ms": {route: _percentiles(v) for route, v in self._first_token.items()},

@@ -65,9 +65,10 @@ class LocalServe(NamedTuple):
 
 
 @contextmanager
-def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
-              timeout_s: float = 1200) -> Iterator[LocalServe]:
-    """Yield the running router once healthy; stop the cluster on exit."""
+def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000", timeout_s: float = 1200,
+              env: dict[str, str] | None = None) -> Iterator[LocalServe]:
+    """Yield the running router once healthy; stop the cluster on exit. ``env``: more environment for every
+    process of the cluster (as set in the shell that runs ``serve run``)."""
     url = httpx.URL(base_url)
     host, port = url.host, url.port or 80
     # A health answer must come from this run, never from a cluster that is still going down.
@@ -78,7 +79,7 @@ def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000",
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            # Metrics reach the Prometheus endpoint within a second instead of ten: tests read them.
-           "RAY_metrics_report_interval_ms": "1000"}
+           "RAY_metrics_report_interval_ms": "1000", **(env or {})}
     serve_cli = Path(sys.executable).parent / "serve"
     started = time.monotonic()
     with open(log_path, "w") as log:

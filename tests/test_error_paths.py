@@ -1,14 +1,17 @@
 """End to end: what a client sees when a part of the graph fails, on the running CPU graph.
 
-A stuck or dead classifier replica, a stuck or dead LLM replica, timeouts, and a client that leaves
-mid-stream: every request ends with an answer or a clean OpenAI-style error, and the engine stops
+A stuck or dead classifier replica, a stuck or dead LLM replica, a burst beyond the queues, timeouts, and a
+client that leaves mid-stream: every request ends with an answer (the fallback's, when its own model could
+not give one) or a clean OpenAI-style error, and the engine stops
 generating for requests nobody waits for (vLLM's own token counter, read from Ray's Prometheus endpoint).
 Processes are stopped (SIGSTOP) or killed (SIGKILL) for real; Serve restarts what was killed, and each
-test leaves the graph healthy. Short timeouts are applied live with `serve deploy` and put back after.
+test leaves the graph healthy. Short timeouts and small queues are applied live with `serve deploy` (Serve
+changes them in place) and put back after.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import json
@@ -27,7 +30,7 @@ from serve_app.config import RoutingConfig
 from serve_app.config_file import routing_block
 from serve_app.live_config import fingerprint
 from tests.conftest import SERVE_CONFIG
-from tests.local_serve import LocalServe, serve_deploy
+from tests.local_serve import LocalServe, auth_token, serve_deploy
 
 pytestmark = pytest.mark.cluster
 
@@ -93,14 +96,25 @@ def _generation_stops(graph: LocalServe, timeout_s: float = 90) -> float:
     pytest.fail(f"the engines were still generating after {timeout_s:.0f}s")
 
 
-def _deploy_routing(graph: LocalServe, config: dict, path: Path) -> None:
-    """serve deploy a config and wait until the Ingress serves its routing block."""
+def _deploy(graph: LocalServe, config: dict, path: Path, applied) -> None:
+    """serve deploy a config and wait until ``applied()`` says the running graph has it."""
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     deployed = serve_deploy(path, graph.dashboard_url)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    _wait(applied, f"running with {path.name}", 120)
+
+
+def _routing_version(graph: LocalServe, config: dict):
     version = fingerprint(RoutingConfig.model_validate(routing_block(config["applications"][0])))
-    _wait(lambda: httpx.get(f"{graph.base_url}/health", timeout=10).json()["routing"]["version"] == version,
-          f"serving routing {version}", 120)
+    return lambda: httpx.get(f"{graph.base_url}/health", timeout=10).json()["routing"]["version"] == version
+
+
+def _serve_option(graph: LocalServe, deployment: str, option: str):
+    """A deployment's option as Serve runs it now (its REST API)."""
+    token = auth_token()
+    r = httpx.get(f"{graph.dashboard_url}/api/serve/applications/", timeout=30,
+                  headers={"Authorization": f"Bearer {token}"} if token else {})
+    return r.json()["applications"]["router"]["deployments"][deployment]["deployment_config"][option]
 
 
 class _Stream(threading.Thread):
@@ -148,32 +162,101 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(graph):
     assert stats["errors"]["by_status"].get("499", 0) >= 1
 
 
-def test_a_model_replica_that_dies_mid_request_answers_cleanly_and_comes_back(graph):
+def _load_outcome(base: str, text: str, stream: bool) -> str:
+    """One request of a load, told as: answered, fallback (answered by another route), clean_error, lost."""
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 24, "stream": stream}
+    try:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=RECOVERY_S) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")] if stream else []
+            r.read()
+    except httpx.HTTPError:
+        return "lost"  # no answer: a hang, a reset connection
+    if not stream:
+        if r.status_code == 200:
+            return "fallback" if "x-router-fallback" in r.headers else "answered"
+        return "lost" if r.status_code >= 500 else "clean_error"
+    if r.status_code != 200 or not lines or lines[-1] != "data: [DONE]":
+        return "lost"  # a stream must end with [DONE], an error event before it if it failed
+    if any('"error"' in line for line in lines):
+        return "clean_error"
+    return "fallback" if "x-router-fallback" in r.headers else "answered"
+
+
+def test_a_model_replica_killed_under_load_loses_no_request(graph):
+    # 60 requests the classifier sends to the code route, 6 at a time, half streamed; llm-code's replica is
+    # killed while they run. Those that had not started streaming are answered by the code route's fallback.
+    texts = [f"Write a Python function that sorts a list of {n} integers" for n in range(60)]
+    outcomes: list[str] = []
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(_load_outcome, graph.base_url, text, i % 2 == 0) for i, text in enumerate(texts)]
+        time.sleep(4)
+        _replica(graph, "llm-code").kill()
+        outcomes = [f.result() for f in futures]
+    counts = {k: outcomes.count(k) for k in ("answered", "fallback", "clean_error", "lost")}
+    print(f"\nreplica kill under load: sent {len(texts)}, {counts}")
+    assert counts["lost"] == 0
+    assert counts["fallback"] >= 1  # in flight when the replica died, answered by llm-general
+    assert sum(counts.values()) == len(texts)
+    stats = httpx.get(f"{graph.base_url}/stats", timeout=10).json()
+    assert stats["model_fallbacks"]["by_path"].get("code->general", 0) >= counts["fallback"]
+    assert stats["model_fallbacks"]["by_cause"].get("unavailable", 0) >= 1
+    _wait(lambda: _chat(graph.base_url, "Hi", model="code").status_code == 200, "answering again", RECOVERY_S)
+    _wait(lambda: httpx.get(f"{graph.base_url}/health", timeout=10).status_code == 200, "healthy", 60)
+
+
+def test_a_stream_cut_after_its_first_token_ends_with_an_error_event(graph):
     stream = _Stream(graph.base_url, "math")
     stream.start()
     assert stream.first.wait(120) and stream.error is None, stream.error
-    answers: list[httpx.Response] = []
-    whole = threading.Thread(target=lambda: answers.append(
-        _chat(graph.base_url, "Tell me a very long story.", model="math", max_tokens=LONG_TOKENS, ignore_eos=True)))
-    whole.start()
-    time.sleep(3)  # both requests are being generated
+    time.sleep(2)
     _replica(graph, "llm-math").kill()
-    whole.join(120)
     stream.join(120)
-
-    [answer] = answers
-    assert answer.status_code == 503, answer.text
-    assert answer.json()["error"]["type"] == "service_unavailable_error"
-    assert answer.headers["x-router-category"] == "math"
     # The stream had sent its status and tokens: it ends with an error event and [DONE], never silently.
     assert stream.error is None, stream.error
     assert stream.lines[-1] == "data: [DONE]"
-    assert json.loads(stream.lines[-2][6:])["error"]["type"] == "service_unavailable_error"
-    assert "Traceback" not in answer.text + "".join(stream.lines)
-
+    error = json.loads(stream.lines[-2][6:])["error"]
+    assert error["type"] == "service_unavailable_error" and "Traceback" not in error["message"]
     _wait(lambda: _chat(graph.base_url, "What is 2 + 2?", model="math").status_code == 200, "answering again",
           RECOVERY_S)
     _wait(lambda: httpx.get(f"{graph.base_url}/health", timeout=10).status_code == 200, "healthy", 60)
+
+
+def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_path):
+    shipped = yaml.safe_load(SERVE_CONFIG.read_text())
+    small = copy.deepcopy(shipped)
+    for d in small["applications"][0]["deployments"]:
+        if d["name"] in ("llm-code", "llm-general"):  # Serve changes these in place: no replica restarts
+            d.update(max_ongoing_requests=2, max_queued_requests=2)
+    _deploy(graph, small, tmp_path / "small.yaml",
+            lambda: _serve_option(graph, "llm-code", "max_queued_requests") == 2)
+    try:
+        before = httpx.get(f"{graph.base_url}/stats", timeout=10).json()
+
+        def ask(n: int) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            r = _chat(graph.base_url, f"Write a Python function that reverses a list of {n} strings",
+                      max_tokens=48, ignore_eos=True)
+            return r, time.monotonic() - started
+
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            results = list(pool.map(ask, range(30)))
+        by_code = [r for r, _ in results if r.status_code == 200 and "x-router-fallback" not in r.headers]
+        spilled = [r for r, _ in results if r.status_code == 200 and "x-router-fallback" in r.headers]
+        rejected = [(r, s) for r, s in results if r.status_code == 429]
+        print(f"\nburst of 30: {len(by_code)} by code, {len(spilled)} spilled to general, {len(rejected)} got 429")
+        assert len(by_code) + len(spilled) + len(rejected) == 30
+        assert by_code and spilled and rejected
+        assert all(r.headers["x-router-category"] == "general" and r.headers["x-router-fallback"] == "code"
+                   and r.headers["x-router-fallback-cause"] == "overloaded" for r in spilled)
+        for r, seconds in rejected:
+            assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
+            assert seconds < 1.0  # answered at once, not after waiting in a queue
+        after = httpx.get(f"{graph.base_url}/stats", timeout=10).json()
+        assert after["spillovers"] - before["spillovers"] >= len(spilled)
+        assert after["errors"]["by_status"].get("429", 0) - before["errors"]["by_status"].get("429", 0) == len(rejected)
+    finally:
+        _deploy(graph, shipped, tmp_path / "shipped.yaml",
+                lambda: _serve_option(graph, "llm-code", "max_queued_requests") == 64)
 
 
 # ---- with timeouts an error path reaches in seconds (applied live, put back at the end) --------------------
@@ -185,9 +268,9 @@ def short_timeouts(graph, tmp_path_factory):
     routing_block(short["applications"][0]).update(request_timeout_s=REQUEST_TIMEOUT_S,
                                                    classifier_timeout_s=CLASSIFIER_TIMEOUT_S)
     folder = tmp_path_factory.mktemp("timeouts")
-    _deploy_routing(graph, short, folder / "short.yaml")
+    _deploy(graph, short, folder / "short.yaml", _routing_version(graph, short))
     yield
-    _deploy_routing(graph, shipped, folder / "shipped.yaml")
+    _deploy(graph, shipped, folder / "shipped.yaml", _routing_version(graph, shipped))
 
 
 def test_a_stuck_classifier_hands_the_request_to_the_default_route(graph, short_timeouts):

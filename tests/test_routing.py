@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -73,3 +75,30 @@ def test_a_route_naming_an_unknown_llm_is_refused(router_args, routing_args):
     routes = [*routing_args["routes"][:2], {**routing_args["routes"][2], "llm": "poet"}]
     with pytest.raises(ValueError, match="names llm 'poet'"):
         _router(router_args, {**routing_args, "routes": routes})
+
+
+def test_fallback_chain_defaults_to_the_default_route(router_args, routing_args):
+    router = _router(router_args, routing_args)
+    assert router.chain("code", explicit=False) == ["code", "general"]
+    assert router.chain("general", explicit=False) == ["general"]
+    assert router.chain("code", explicit=True) == ["code"]  # a named model is not redirected by default
+
+
+def test_fallback_chain_follows_the_config_once_per_llm(router_args, routing_args):
+    routes = [{**r, "fallbacks": {"code": ["math", "general"], "math": [], "general": ["code"]}[r["name"]]}
+              for r in routing_args["routes"]]
+    router = _router(router_args, {**routing_args, "routes": routes, "fallback_explicit": True})
+    assert router.chain("code", explicit=True) == ["code", "math", "general"]
+    assert router.chain("math", explicit=False) == ["math"]
+    # Two routes answered by one LLM: once it failed for the first, it is not asked again.
+    shared = [{**r, "llm": "general"} if r["name"] == "math" else r for r in routes]
+    router = _router(router_args, {**routing_args, "routes": shared})
+    assert router.chain("code", explicit=False) == ["code", "math"]
+
+
+@pytest.mark.parametrize("fallbacks, message", [(["poetry"], "falls back to ['poetry'], which are not routes"),
+                                                (["code"], "cannot fall back to itself")])
+def test_fallbacks_must_name_other_routes(routing_args, fallbacks, message):
+    routes = [{**routing_args["routes"][0], "fallbacks": fallbacks}, *routing_args["routes"][1:]]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RoutingConfig.model_validate({**routing_args, "routes": routes})

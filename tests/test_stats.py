@@ -16,3 +16,15 @@ def test_stats_keep_the_known_shape_and_add_detail():
     assert snap["latency_ms"]["code"]["p50"] == 120.0
     assert snap["first_token_ms"]["general"]["count"] == 1
     assert snap["classifier_ms"]["count"] == 2
+
+
+def test_fallbacks_and_spillovers_add_up_across_replicas():
+    one, two = RoutingStats(), RoutingStats()
+    one.record(RequestRecord("general", "classified", 200, 50.0, failed=(("code", "unavailable"),)))
+    two.record(RequestRecord("general", "classified", 200, 50.0, failed=(("code", "overloaded"),)))
+    two.record(RequestRecord("code", "classified", 429, 2.0, failed=(("code", "overloaded"), ("general", "overloaded"))))
+    snap = RoutingStats.merged([one, two]).snapshot(["code", "math", "general"])
+    assert snap["model_fallbacks"] == {"answered": 2, "by_path": {"code->general": 2},
+                                       "by_cause": {"unavailable": 1, "overloaded": 3}}
+    assert snap["spillovers"] == 3 and snap["errors"]["by_status"] == {"429": 1}
+    assert snap["total_requests"] == 3 and snap["routes"] == {"code": 1, "math": 0, "general": 2}

@@ -61,6 +61,18 @@ class Router:
             return RoutingDecision(self.default_route, "no_text")
         return self.policy.decide(*self.candidates(texts, embeddings))
 
+    def chain(self, route: str, explicit: bool) -> list[str]:
+        """The routes to try for a request, in order: its own, then its fallbacks, one per LLM deployment.
+
+        A request that named its model stays with it unless the routing block says otherwise.
+        """
+        tried, chain = set(), []
+        for name in [route, *([] if explicit and not self.config.fallback_explicit else self.config.fallbacks(route))]:
+            if self.targets[name].llm not in tried:  # the same deployment failing twice tells nothing new
+                tried.add(self.targets[name].llm)
+                chain.append(name)
+        return chain
+
     def explicit_route(self, model: str) -> str:
         """The route a request that names ``model`` goes to, without classification."""
         try:
