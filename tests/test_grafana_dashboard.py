@@ -19,14 +19,6 @@ from tests.conftest import ROOT
 DASHBOARD = ROOT / "docs" / "grafana" / "semantic-router.json"
 INGRESS = ROOT / "deployments" / "ingress.py"
 
-# Router metrics the dashboard charts before deployments/ingress.py declares them (being added alongside):
-# drop each one from here once ingress.py declares it (a test below says when).
-PENDING_ROUTER_METRICS = {
-    "router_fallbacks": "counter",
-    "router_rejections": "counter",
-    "router_classify_score": "histogram",
-}
-
 # Counter("name", ...), Histogram(name="name", ...), vLLM's self._gauge_cls(name="vllm:name", ...), Serve's
 # f"serve_num_{protocol_name}_requests".
 DECLARATION = re.compile(r'\b_?(Counter|Gauge|Histogram|counter|gauge|histogram)(?:_cls)?\('
@@ -57,7 +49,7 @@ def installed(package: str) -> Path | None:
 
 def produced(family: str) -> list[re.Pattern]:
     if family == "router":
-        return exported_names({**declarations(INGRESS), **PENDING_ROUTER_METRICS})
+        return exported_names(declarations(INGRESS))
     if family == "vllm":
         vllm = installed("vllm")
         if vllm is None:
@@ -139,8 +131,3 @@ def test_every_metric_is_one_the_project_produces(family, queries):
     assert used, f"the dashboard charts no ray_{family}_ metric"
     unknown = {name: where for name, where in used.items() if not any(p.fullmatch(name) for p in known)}
     assert not unknown, f"not declared by the {family}'s sources (misspelt, or a missing _total/_bucket?): {unknown}"
-
-
-def test_pending_router_metrics_are_not_declared_yet():
-    landed = sorted(PENDING_ROUTER_METRICS.keys() & declarations(INGRESS).keys())
-    assert not landed, f"deployments/ingress.py now declares {landed}: remove them from PENDING_ROUTER_METRICS"
