@@ -140,7 +140,7 @@ def test_stats_count_every_routed_request(router, client):
     assert after["total_requests"] == before["total_requests"] + 2
     assert after["routes"]["code"] == before["routes"]["code"] + 1
     assert after["routes"]["general"] == before["routes"]["general"] + 1
-    assert set(after["routes"]) == {"code", "math", "general"}
+    assert {"code", "math", "general"} <= set(after["routes"])  # earlier modules may have used other routes
     assert after["latency_ms"]["code"]["count"] >= 1 and after["classifier_ms"]["count"] >= 2
 
 
