@@ -167,8 +167,10 @@ def _load_outcome(base: str, text: str, stream: bool) -> str:
     body = {"messages": [{"role": "user", "content": text}], "max_tokens": 24, "stream": stream}
     try:
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=RECOVERY_S) as r:
-            lines = [line for line in r.iter_lines() if line.startswith("data: ")] if stream else []
-            r.read()
+            if stream:
+                lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+            else:
+                r.read()
     except httpx.HTTPError:
         return "lost"  # no answer: a hang, a reset connection
     if not stream:
@@ -248,9 +250,13 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
         assert by_code and spilled and rejected
         assert all(r.headers["x-router-category"] == "general" and r.headers["x-router-fallback"] == "code"
                    and r.headers["x-router-fallback-cause"] == "overloaded" for r in spilled)
-        for r, seconds in rejected:
+        for r, _ in rejected:
             assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
-            assert seconds < 1.0  # answered at once, not after waiting in a queue
+        # A 429 never waits in a queue: every one is back before any answer is (classification is their only cost).
+        answered_s = [seconds for r, seconds in results if r.status_code == 200]
+        rejected_s = sorted(seconds for _, seconds in rejected)
+        print(f"429 after {rejected_s[len(rejected_s) // 2]:.2f}s (median), first answer after {min(answered_s):.2f}s")
+        assert max(rejected_s) < min(answered_s)
         after = httpx.get(f"{graph.base_url}/stats", timeout=10).json()
         assert after["spillovers"] - before["spillovers"] >= len(spilled)
         assert after["errors"]["by_status"].get("429", 0) - before["errors"]["by_status"].get("429", 0) == len(rejected)
