@@ -51,16 +51,44 @@ class ParsedRequest:
     routing_texts: tuple[str, ...]
 
 
+MAX_JSON_DEPTH = 64  # far deeper than any OpenAI request (tool schemas included); Ray cannot pickle ~500 levels
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise OpenAIError(400, "The request body is empty; send a JSON object.", code="invalid_json")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer of 4300+ digits
         raise OpenAIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise OpenAIError(400, "The request body must be a JSON object.", code="invalid_json")
+    _check_values(body)
     return body
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """Refuse what JSON allows but nothing downstream can carry: deep nesting and lone UTF-16 surrogates.
+
+    A surrogate ("\\ud800" alone) is valid JSON but not text: the tokenizer of a batched classifier call, or
+    vLLM's response encoder, would fail on it, for every request of the batch in the classifier's case.
+    """
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise OpenAIError(400, f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
+        if isinstance(value, dict):
+            stack.extend((k, depth) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise OpenAIError(400, "The request body holds a lone UTF-16 surrogate, which is not text.",
+                                  code="invalid_json") from None
 
 
 def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int = 3) -> ParsedRequest:

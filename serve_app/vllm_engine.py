@@ -107,6 +107,9 @@ class VLLMEngine:
             parsed = (ChatCompletionRequest if chat else CompletionRequest).model_validate(request.body)
         except ValidationError as exc:
             raise OpenAIError.invalid(exc) from None
+        except Exception as exc:  # vLLM's validators also raise their own types (VLLMValidationError, and worse)
+            raise OpenAIError(400, f"Invalid request: {exc}", code="invalid_parameter",
+                              param=getattr(exc, "parameter", None)) from None
         try:
             if chat:
                 result = await serving.create_chat_completion(parsed, raw_request=None)

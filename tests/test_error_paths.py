@@ -235,8 +235,9 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
         before = httpx.get(f"{graph.base_url}/stats", timeout=10).json()
 
         def ask(n: int) -> httpx.Response:
+            # Answers long enough (tens of seconds here) that no slot frees while the named requests below probe.
             return _chat(graph.base_url, f"Write a Python function that reverses a list of {n} strings",
-                         max_tokens=48, ignore_eos=True)
+                         max_tokens=160, ignore_eos=True)
 
         first_429 = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(30) as pool:

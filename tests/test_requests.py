@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from serve_app.errors import OpenAIError
@@ -65,3 +67,20 @@ def test_completion_prompts():
     assert parse_request("completion", {"prompt": [1, 2, 3]}).routing_texts == ()
     assert _err(parse_request, "completion", {}).param == "prompt"
     assert _err(parse_request, "completion", {"prompt": [{"x": 1}]}).param == "prompt"
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"messages": [], "seed": ' + b"9" * 5000 + b"}", "not valid JSON"),  # Python refuses 4300+ digit integers
+    (b'{"x": ' + b"[" * 100 + b"]" * 100 + b"}", "nests deeper than 64 levels"),  # Ray cannot pickle ~500 levels
+    (b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', "lone UTF-16 surrogate"),
+    (b'{"request_id": "\\udfff", "messages": []}', "lone UTF-16 surrogate"),
+    (b'{"\\ud800": 1}', "lone UTF-16 surrogate"),
+])
+def test_json_that_nothing_downstream_can_carry_is_a_400(raw, message):
+    err = _err(parse_json_body, raw)
+    assert (err.status, err.code) == (400, "invalid_json") and message in err.message
+
+
+def test_ordinary_nesting_and_unicode_pass():
+    body = {"messages": [{"role": "user", "content": "naïve 日本語 🙂 \u200f"}], "tools": [{"a": {"b": {"c": [[1]]}}}]}
+    assert parse_json_body(json.dumps(body).encode()) == body
