@@ -9,9 +9,8 @@ the HTTP status before it commits to a stream. Any other exception is the deploy
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from serve_app.requests import Endpoint
 
@@ -21,14 +20,6 @@ class LLMRequest:
     endpoint: Endpoint
     body: dict[str, Any]  # the client's OpenAI body, its model set to the name the LLM serves
     stream: bool
-
-
-class LLMService(Protocol):
-    """What an LLM deployment offers the ingress."""
-
-    async def complete(self, request: LLMRequest) -> dict[str, Any]: ...
-
-    def stream(self, request: LLMRequest) -> AsyncIterator[str]: ...
 
 
 class LLMClient:

@@ -221,3 +221,22 @@ def test_concurrent_classifications_through_the_batched_deployment_match_in_proc
         assert (response.headers["x-router-category"], response.headers["x-router-reason"]) == (
             expected.route, expected.reason), text
         assert float(response.headers["x-router-score"]) == pytest.approx(expected.score, abs=2e-3)
+
+
+def test_prometheus_has_the_routers_and_the_engines_metrics(graph, client):
+    # What an operator's Prometheus scrapes from Ray's metrics export port: the router's own metrics and each
+    # vLLM engine's (vLLM's RayPrometheusStatLogger), beside Serve's.
+    url = graph.metrics_url()
+    assert url, "Ray's metrics export port was not found"
+    _ask(client, "Write a Python function to sort a list")
+    wanted = ("ray_router_requests_total", "ray_router_classify_latency_ms_bucket", "ray_vllm_generation_tokens_total",
+              "ray_vllm_time_to_first_token_seconds_bucket", "ray_serve_deployment_request_counter_total")
+    deadline = time.monotonic() + 60
+    while True:
+        text = httpx.get(url, timeout=10).text
+        missing = [name for name in wanted if f"\n{name}{{" not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not missing, f"not exported: {missing}"
+    assert 'route="code"' in text  # the router's series carry their route
