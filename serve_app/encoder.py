@@ -40,5 +40,4 @@ def encode(encoder: Any, texts: Sequence[str]) -> np.ndarray:
 def embed_queries(encoder: Any, queries: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Each query's candidate texts as unit vectors, every text of every query in one encoder call."""
     vectors = encode(encoder, [text for texts in queries for text in texts])
-    bounds = np.cumsum([0, *(len(texts) for texts in queries)])
-    return [vectors[a:b] for a, b in zip(bounds, bounds[1:])]
+    return np.split(vectors, np.cumsum([len(texts) for texts in queries])[:-1])

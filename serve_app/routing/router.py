@@ -29,10 +29,9 @@ class Router:
     def __init__(self, config: RoutingConfig, example_embeddings: np.ndarray, llms: Mapping[str, LLMPlan]) -> None:
         check_route_llms(config, list(llms))
         routes = config.routes
-        bounds = np.cumsum([0, *(len(r.examples) for r in routes)])
+        per_route = np.split(example_embeddings, np.cumsum([len(r.examples) for r in routes])[:-1])
         self.config = config
-        self.index = ExampleIndex([r.name for r in routes],
-                                  [example_embeddings[a:b] for a, b in zip(bounds, bounds[1:])], config.top_k)
+        self.index = ExampleIndex([r.name for r in routes], per_route, config.top_k)
         self.keywords = KeywordMatcher({r.name: r.keywords.force for r in routes},
                                        {r.name: r.keywords.exclude for r in routes})
         self.policy = RoutingPolicy({r.name: config.threshold if r.threshold is None else r.threshold for r in routes},
