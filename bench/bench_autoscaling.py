@@ -20,6 +20,7 @@ import copy
 import importlib.metadata
 import json
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -32,7 +33,9 @@ import yaml
 
 from serve_app.config import deployment_name
 from serve_app.config_file import app_config, application_index, routing_block
-from tests.local_serve import LocalServe, auth_token, serve_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root holds tests/
+from tests.local_serve import LocalServe, auth_token, serve_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "http://127.0.0.1:8000"

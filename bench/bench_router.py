@@ -14,6 +14,7 @@ import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import httpx
 import openai
 import psutil
 
-from tests.local_serve import serve_run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root holds tests/
+from tests.local_serve import serve_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = {"code": "Write a Python function to sort a list", "math": "Solve the integral of x^2 dx",
