@@ -1,8 +1,8 @@
 """The contract between the ingress and the LLMs that answer it: in-cluster deployments and external endpoints.
 
 The ingress sends an ``LLMRequest`` and decides, from the request, how the answer comes back: whole
-(``complete``: one JSON body) or streamed (``stream``: server-sent-event strings, ending with
-``data: [DONE]``). An error the client should see (a bad parameter, a context overflow) travels as an
+(``complete``: one JSON body) or streamed (``stream``: strings of one or more whole server-sent events,
+ending with ``data: [DONE]``). An error the client should see (a bad parameter, a context overflow) travels as an
 ``OpenAIError`` carrying its status, raised before the first chunk of a stream, so the ingress can set
 the HTTP status before it commits to a stream. ``LLMUnavailable`` and ``LLMOverloaded`` say an LLM could
 not take the request at all; any other exception is the LLM failing.
@@ -14,6 +14,7 @@ iterate that also has ``cancel()``, which stops the generation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,3 +81,41 @@ class DeploymentLLM:
         """An async iterator of SSE strings; ``.cancel()`` stops the generation."""
         assert request.stream
         return self._stream.remote(request)
+
+
+_END = object()
+
+
+async def coalesce_ready(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The events of a stream, each item joining every event that is ready when it is sent.
+
+    A lone stream gets one item per engine step, at once; when many streams keep a replica busy, the
+    events that piled up meanwhile cross the handle as one item instead of one object each. Nothing
+    ever waits for company. Closing this generator (the client left) cancels the source with it.
+    """
+    ready: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                ready.put_nowait(event)
+        except Exception as exc:  # an error before or after the first event reaches the consumer as itself
+            ready.put_nowait(exc)
+        ready.put_nowait(_END)
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        while True:
+            batch = [await ready.get()]
+            while not ready.empty():
+                batch.append(ready.get_nowait())
+            texts = [item for item in batch if isinstance(item, str)]
+            if texts:
+                yield "".join(texts)
+            errors = [item for item in batch if isinstance(item, Exception)]
+            if errors:
+                raise errors[0]
+            if batch[-1] is _END:
+                return
+    finally:
+        task.cancel()
