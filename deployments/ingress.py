@@ -279,8 +279,8 @@ class Ingress:
             record = partial(self._finish, route, decision, started, classify_ms, failed)
             headers = {**_routing_headers(route, decision, target), **_fallback_headers(failed)}
             # The answering route's defaults, applied to what the client sent (not to a failed route's version).
-            body = apply_defaults(endpoint, parsed.body, router.defaults[route])
-            llm_request = LLMRequest(endpoint, {**body, "model": target.served_model}, parsed.stream)
+            sent = apply_defaults(endpoint, parsed.body, router.defaults[route])
+            llm_request = LLMRequest(endpoint, {**sent, "model": target.served_model}, parsed.stream)
             try:
                 first, chunks = await self._first_reply(target, llm_request, router.config.request_timeout_s)
             except asyncio.CancelledError:
