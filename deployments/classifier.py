@@ -7,20 +7,24 @@ the routing block, so a routing update can never be half applied.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from serve_app.config import ClassifierBatching
+from serve_app.config import ClassifierBatching, ClassifierConfig
 from serve_app.encoder import embed_queries, encode, load_encoder
 from serve_app.live_config import LiveConfig
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment
 class Classifier:
-    async def __init__(self, model: str) -> None:
-        self.encoder = await asyncio.to_thread(load_encoder, model)
+    async def __init__(self, config: ClassifierConfig) -> None:
+        self.encoder = await asyncio.to_thread(load_encoder, config.model, config.backend, config.max_seq_length)
+        logger.info("Classifier encoder: %s; %s", self.encoder.describe(), self.encoder.choice)
         self.live = LiveConfig("Classifier", ClassifierBatching, "batching settings")
         await self.reconfigure({})  # the defaults, until (and unless) the Serve config sets a user_config
 

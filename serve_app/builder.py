@@ -37,7 +37,7 @@ def build_app(args: RouterConfig) -> Application:
 def build_graph(args: RouterConfig, graph: GraphPlan) -> Application:
     actor = graph.ray_actor_options
     stats = StatsAggregator.options(name=STATS, ray_actor_options=actor[STATS]).bind()
-    classifier = Classifier.options(name=CLASSIFIER, ray_actor_options=actor[CLASSIFIER]).bind(args.classifier.model)
+    classifier = Classifier.options(name=CLASSIFIER, ray_actor_options=actor[CLASSIFIER]).bind(args.classifier)
     llms = {name: VLLMServer.options(name=llm.deployment, ray_actor_options=llm.ray_actor_options).bind(llm)
             for name, llm in graph.deployed_llms.items()}
     return Ingress.options(name=INGRESS, ray_actor_options=actor[INGRESS]).bind(classifier, llms, stats, graph.llms)

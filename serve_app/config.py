@@ -256,10 +256,22 @@ class ClassifierBatching(StrictModel):
         return data
 
 
+ClassifierBackend = Literal["torch", "onnx", "openvino", "auto"]
+# Routing reads the start of a prompt: at 128 tokens the dev set's macro-F1 is that at 256 and long prompts
+# cost less (bench/results/classifier.json).
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
 class ClassifierConfig(StrictModel):
     """The embedding model and what its replicas ask of Ray; routing decisions are the ingress's."""
 
     model: str = Field(f"{EMBEDDED_PREFIX}{MINILM}", description="sentence-transformers model: path, id or embedded.")
+    backend: ClassifierBackend = Field(
+        "auto", description="What runs the model: torch, onnx (ONNX Runtime, int8 on CPUs with VNNI), openvino "
+        "(bf16 on CPUs with bf16 units), or auto: torch on a GPU, else the fastest for this CPU (logged, with why).")
+    max_seq_length: int = Field(
+        DEFAULT_MAX_SEQ_LENGTH, ge=8, le=512, description="Tokens read from the start of each text; the rest of a "
+        "long prompt does not change its route.")
     num_gpus: float = Field(0.1, ge=0, description="GPU share on the GPU profile.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs on the GPU profile.")
 

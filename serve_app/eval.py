@@ -1,11 +1,14 @@
 """Evaluate the deployment's classifier on a labelled JSONL file.
 
     python -m serve_app.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json] [--plot FILE.png]
+                             [--backend torch|onnx|openvino|auto] [--max-seq-length N]
 
 Builds the same encoder and ``Router`` from the same config as the classifier and ingress deployments,
 and reads each item the way the ingress reads a request (serve_app/labelled.py), one query at a time,
-so the latency is what one request costs (without the hop between deployments). With ``--json`` the last line of stdout is one JSON object:
-accuracy, macro_f1, per_class, confusion, latency_ms ({p50, p99}), n and decisions.
+so the latency is what one request costs (without the hop between deployments). ``--backend`` and
+``--max-seq-length`` replace the config's ``classifier`` keys, to compare the encoder backends' accuracy.
+With ``--json`` the last line of stdout is one JSON object: accuracy, macro_f1, per_class, confusion,
+latency_ms ({p50, p99}), n, decisions and encoder.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from serve_app.accuracy import Scores, classification_scores
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ClassifierConfig
 from serve_app.config_file import load_app_config
-from serve_app.encoder import embed_queries, encode, load_encoder
+from serve_app.encoder import BACKENDS, embed_queries, encode, load_encoder
 from serve_app.errors import describe_error
 from serve_app.labelled import PARTS, LabelledItem, load_labelled
 from serve_app.plan import plan
@@ -43,7 +46,8 @@ class InProcessRouter:
 
     @classmethod
     def from_config(cls, config: AppConfig, encoder: Any | None = None) -> InProcessRouter:
-        encoder = encoder if encoder is not None else load_encoder(config.router.classifier.model)
+        c = config.router.classifier
+        encoder = encoder if encoder is not None else load_encoder(c.model, c.backend, c.max_seq_length)
         examples = encode(encoder, examples_of(config.routing))
         return cls(encoder, Router(config.routing, examples, plan(config.router, "cpu").llms))
 
@@ -60,10 +64,11 @@ class Evaluation:
     latency_ms: dict[str, float]
     decisions: dict[str, int]  # by RoutingDecision.reason
     predicted: list[str]
+    encoder: str  # which backend embedded, e.g. "onnx-int8"
 
     def as_json(self) -> dict[str, Any]:
         return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.predicted),
-                "decisions": self.decisions}
+                "decisions": self.decisions, "encoder": self.encoder}
 
 
 def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: Sequence[str],
@@ -78,7 +83,8 @@ def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: 
         reasons[decision.reason] += 1
     p50, p99 = np.percentile(latencies, [50, 99])
     scores = classification_scores([i.label for i in items], predicted, order)
-    return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)}, dict(reasons), predicted)
+    return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)}, dict(reasons), predicted,
+                      classifier.encoder.name)
 
 
 def format_report(ev: Evaluation) -> str:
@@ -137,19 +143,32 @@ def load_inputs(args: argparse.Namespace) -> tuple[AppConfig, list[LabelledItem]
     return config, load_labelled(args.data, config.routing.context_turns, args.part)
 
 
+def with_classifier(config: AppConfig, **keys: Any) -> AppConfig:
+    """``config`` with these ``classifier`` keys replaced (None keeps the config's), validated again."""
+    keys = {k: v for k, v in keys.items() if v is not None}
+    if not keys:
+        return config
+    classifier = ClassifierConfig.model_validate({**config.router.classifier.model_dump(), **keys})
+    return config.model_copy(update={"router": config.router.model_copy(update={"classifier": classifier})})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.eval", description=__doc__.split("\n")[0])
     add_data_args(parser)
     parser.add_argument("--json", action="store_true", help="end stdout with one line of JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix to a PNG")
+    parser.add_argument("--backend", choices=BACKENDS, help="classifier.backend to use instead of the config's")
+    parser.add_argument("--max-seq-length", type=int, help="classifier.max_seq_length to use instead of the config's")
     args = parser.parse_args(argv)
     try:
         config, items = load_inputs(args)
+        config = with_classifier(config, backend=args.backend, max_seq_length=args.max_seq_length)
     except (OSError, ValueError) as exc:  # a missing file, a bad line or config: one readable line
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
-    ev = evaluate(InProcessRouter.from_config(config), items, [r.name for r in config.routing.routes])
-    print(f"{args.data} (part {args.part}) with {args.config}")
+    classifier = InProcessRouter.from_config(config)
+    ev = evaluate(classifier, items, [r.name for r in config.routing.routes])
+    print(f"{args.data} (part {args.part}) with {args.config}, encoder {classifier.encoder.describe()}")
     print(format_report(ev))
     if args.plot:
         plot_confusion(ev.scores, args.plot, f"{Path(args.data).name} ({args.part}): accuracy "

@@ -83,11 +83,12 @@ def app_config(serve_config):
 
 
 @pytest.fixture(scope="session")
-def encoder(router_args):
-    """The shipped embedding model, loaded once for every test that needs it."""
+def encoder(app_config):
+    """The shipped embedding model as the config loads it (backend, max_seq_length), once for every test."""
     from serve_app.encoder import load_encoder
 
-    return load_encoder(router_args["classifier"]["model"])
+    c = app_config.router.classifier
+    return load_encoder(c.model, c.backend, c.max_seq_length)
 
 
 @pytest.fixture(scope="session")

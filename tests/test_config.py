@@ -128,6 +128,32 @@ def test_a_moved_key_names_its_new_home(router_args, where, key, value, message)
     assert message in _error(args)
 
 
+def test_classifier_backend_and_max_seq_length(router_args):
+    shipped = RouterConfig.model_validate(router_args).classifier
+    assert (shipped.backend, shipped.max_seq_length) == ("auto", 128)
+    defaults = RouterConfig.model_validate({**router_args, "classifier": {}}).classifier
+    assert (defaults.backend, defaults.max_seq_length) == ("auto", 128)
+    for backend in ("torch", "onnx", "openvino", "auto"):
+        args = copy.deepcopy(router_args)
+        args["classifier"].update(backend=backend, max_seq_length=256)
+        chosen = RouterConfig.model_validate(args).classifier
+        assert (chosen.backend, chosen.max_seq_length) == (backend, 256)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("backend", "tensorrt", "Input should be 'torch', 'onnx', 'openvino' or 'auto'"),
+    ("backend", "ONNX", "Input should be 'torch', 'onnx', 'openvino' or 'auto'"),
+    ("max_seq_length", 4, "greater than or equal to 8"),
+    ("max_seq_length", 1024, "less than or equal to 512"),
+    ("max_seq_length", "long", "valid integer"),
+])
+def test_classifier_backend_and_max_seq_length_are_checked(router_args, key, value, message):
+    args = copy.deepcopy(router_args)
+    args["classifier"][key] = value
+    error = _error(args)
+    assert f"classifier.{key}" in error and message in error
+
+
 def test_the_classifier_refuses_the_routing_block_it_used_to_share(serve_config):
     bad = copy.deepcopy(serve_config)
     ingress, classifier = bad["applications"][0]["deployments"][:2]

@@ -40,7 +40,7 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def shared_encoder(monkeypatch, encoder):
-    monkeypatch.setattr("serve_app.eval.load_encoder", lambda model: encoder)
+    monkeypatch.setattr("serve_app.eval.load_encoder", lambda *args: encoder)
     return encoder
 
 
