@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import platform
 import statistics
 import sys
@@ -87,11 +86,13 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def measure(base_url: str, ray_tmp: str, rounds: int) -> dict:
-    os.environ["RAY_TMPDIR"] = ray_tmp  # this process joins the graph's private local cluster
     import ray
     from ray import serve
 
-    ray.init(address="auto", logging_level="ERROR")
+    # Join the graph's private local cluster: its GCS port is in its session folder (address "auto" would
+    # read the default /tmp/ray, where another cluster may have left its address).
+    port_file = next((Path(ray_tmp) / "ray" / "session_latest").glob("gcs_server_port_*"))
+    ray.init(address=f"127.0.0.1:{port_file.read_text().strip()}", logging_level="ERROR")
     handle = serve.get_deployment_handle("llm-general", app_name="router")
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600)
     served = client.models.retrieve("general").model_extra["served_by"]
