@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import platform
 import statistics
 import sys
@@ -86,11 +87,12 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def measure(base_url: str, ray_tmp: str, rounds: int) -> dict:
+    # Join the graph's private local cluster as tests/local_serve.py started it: on loopback (Ray would
+    # otherwise swap 127.0.0.1 for this machine's address), its GCS port read from its session folder.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     from ray import serve
 
-    # Join the graph's private local cluster: its GCS port is in its session folder (address "auto" would
-    # read the default /tmp/ray, where another cluster may have left its address).
     port_file = next((Path(ray_tmp) / "ray" / "session_latest").glob("gcs_server_port_*"))
     ray.init(address=f"127.0.0.1:{port_file.read_text().strip()}", logging_level="ERROR")
     handle = serve.get_deployment_handle("llm-general", app_name="router")
