@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_classifier.py                        # both parts (starts graphs: ~25 min)
     .venv/bin/python bench/bench_classifier.py --part in_process      # no Ray, no server (~5 min)
     .venv/bin/python bench/bench_classifier.py --part deployment      # `serve run` once per configuration
+    .venv/bin/python bench/bench_classifier.py --part deployment --config onnx:0   # one configuration again
 
 In process, every backend runs in processes of its own, so no runtime's threads compete with another's:
 torch; onnx and openvino as this CPU runs them (int8 with VNNI, bf16 with bf16 units) and as a CPU without
@@ -19,7 +20,8 @@ concurrent clients (requests/s and latency at the client; classifier_ms from /st
 runs). The graph needs ~10 GiB of RAM and port 8000.
 
 Loopback only; wall times on a shared machine are noisy (load averages are recorded; CPU times are
-steadier). Writes bench/results/classifier.json (a part run alone keeps the other part's results).
+steadier). Writes bench/results/classifier.json after each part and each configuration, keeping the
+results it does not measure again.
 """
 
 from __future__ import annotations
@@ -270,6 +272,9 @@ def versions() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("in_process", "deployment", "both"), default="both")
+    parser.add_argument("--config", action="append", metavar="BACKEND:WAIT_MS",
+                        help="deployment configurations to measure (default: " +
+                        " ".join(f"{b}:{w * 1000:g}" for b, w in DEPLOYMENT_CONFIGS) + ")")
     parser.add_argument("--rounds", type=int, default=2, help="in-process rounds (default: %(default)s)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "eval" / "dev.jsonl"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "classifier.json"))
@@ -292,20 +297,25 @@ def main() -> None:
                    "versions": versions(),
                    "auto_choice": choose_backend(cpu, [b for b in ("onnx", "openvino") if installed(b)])})
     short, long = dev_texts(args.data)
+
+    def save() -> None:  # after every part and configuration: an interrupted run keeps what it measured
+        result["machine"]["load_average_after"] = os.getloadavg()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
     if args.part in ("in_process", "both"):
         result["queries"] = {"short": len(short), "long_over_128_tokens": len(long), "batch": BATCH}
         result["in_process"] = in_process(args.data, args.rounds)
+        save()
     if args.part in ("deployment", "both"):
-        result["deployment"] = {}
-        for backend, wait_s in DEPLOYMENT_CONFIGS:
+        configs = [(c.split(":")[0], float(c.split(":")[1]) / 1000) for c in args.config or []] or DEPLOYMENT_CONFIGS
+        for backend, wait_s in configs:
             if backend != "torch" and not installed(backend):
                 continue
             row = through_deployment(backend, wait_s, short)
-            result["deployment"][f"{backend}, batch wait {wait_s * 1000:g} ms"] = row
+            result.setdefault("deployment", {})[f"{backend}, batch wait {wait_s * 1000:g} ms"] = row
             print(json.dumps(row), file=sys.stderr, flush=True)
-    result["machine"]["load_average_after"] = os.getloadavg()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+            save()
     print(json.dumps(result, indent=2))
 
 
