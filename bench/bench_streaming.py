@@ -28,7 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repo root holds tests/ and serve_app/
 from serve_app.llm_protocol import LLMRequest  # noqa: E402
-from tests.local_serve import serve_run  # noqa: E402
+from tests.local_serve import auth_token, serve_run  # noqa: E402
 
 PROMPTS = ["Tell me a long story about a lighthouse keeper.", "Describe a walk through an old city in spring.",
            "Write a long letter to a friend about your summer.", "Tell me about the history of bread."]
@@ -90,6 +90,8 @@ def measure(base_url: str, ray_tmp: str, rounds: int) -> dict:
     # Join the graph's private local cluster as tests/local_serve.py started it: on loopback (Ray would
     # otherwise swap 127.0.0.1 for this machine's address), its GCS port read from its session folder.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if auth_token():  # Ray's local clusters here require the token serve deploy also sends
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import serve
 
