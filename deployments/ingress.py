@@ -27,11 +27,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.api_keys import ApiKeys
 from serve_app.config import RoutingConfig
 from serve_app.errors import OpenAIError, status_phrase
+from serve_app.external_llm import ExternalLLM, api_key, http_pool
 from serve_app.live_config import LiveConfig
-from serve_app.llm_protocol import LLMClient, LLMRequest
+from serve_app.llm_protocol import DeploymentLLM, LLMClient, LLMOverloaded, LLMRequest, LLMUnavailable
 from serve_app.plan import LLMPlan
 from serve_app.request_stats import RequestRecord, RoutingStats
 from serve_app.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
+from serve_app.route_defaults import apply_defaults
 from serve_app.routing.policy import RoutingDecision
 from serve_app.routing.router import Router, examples_of
 
@@ -76,12 +78,12 @@ def _failure(exc: BaseException, route: str) -> tuple[str | None, OpenAIError]:
     if isinstance(exc, OpenAIError):  # the LLM's own answer (Ray wraps it in RayTaskError: take the fields)
         error = OpenAIError(exc.status, exc.message, code=exc.code, param=exc.param, type=exc.type)
         return (None if error.status < 500 else "error"), error
-    if isinstance(exc, BackPressureError):
+    if isinstance(exc, (BackPressureError, LLMOverloaded)):
         return "overloaded", OpenAIError(503, f"The {route} model is at capacity; retry shortly.", code="overloaded")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timeout", OpenAIError(504, f"The {route} model did not answer in time.", code="timeout")
-    if isinstance(exc, (ActorDiedError, ActorUnavailableError)):
-        logger.warning("The %s model's replica is gone: %s", route, type(exc).__name__)
+    if isinstance(exc, (ActorDiedError, ActorUnavailableError, LLMUnavailable)):
+        logger.warning("The %s model is unreachable: %s", route, type(exc).__name__)
         return "unavailable", OpenAIError(503, f"The {route} model's replica is unavailable; retry shortly.",
                                           code="upstream_error")
     logger.error("The %s model failed: %r", route, exc)
@@ -96,6 +98,14 @@ def _no_answer(failed: list[tuple[str, str]], errors: list[OpenAIError], retry_a
         return OpenAIError(429, f"Every model that could answer this request is at capacity ({routes}); retry after "
                            f"{retry_after_s}s.", code="overloaded")
     return errors[0]
+
+
+def _stream_error(endpoint: Endpoint, error: OpenAIError) -> str:
+    """The last event of a stream that failed after its first chunk, in the endpoint's own stream format."""
+    if endpoint == "responses":
+        event = {"type": "error", "code": error.code, "message": error.message, "param": error.param}
+        return f"event: error\ndata: {json.dumps(event)}\n\n"
+    return f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
 
 
 def _fallback_headers(failed: list[tuple[str, str]]) -> dict[str, str]:
@@ -139,7 +149,11 @@ class Ingress:
     async def __init__(self, classifier: DeploymentHandle, llms: dict[str, DeploymentHandle],
                        stats: DeploymentHandle, llm_plans: dict[str, LLMPlan]) -> None:
         self.classifier = classifier
-        self.clients = {name: LLMClient(handle) for name, handle in llms.items()}
+        # In-cluster LLMs through their deployments; external ones through one pooled HTTP client.
+        self.http = http_pool()
+        self.clients: dict[str, LLMClient] = {name: DeploymentLLM(handle) for name, handle in llms.items()}
+        self.clients |= {name: ExternalLLM(self.http, llm, api_key(llm)) for name, llm in llm_plans.items()
+                         if llm.external}
         self.llm_plans = llm_plans
         self.router: Router | None = None
         self.live = LiveConfig("Ingress", RoutingConfig, "routing block")
@@ -195,6 +209,10 @@ class Ingress:
     async def completions(self, request: Request) -> Response:
         return await self._route("completion", request)
 
+    @app.post("/v1/responses")
+    async def responses(self, request: Request) -> Response:
+        return await self._route("responses", request)
+
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self.api_keys.check(request.headers.get("authorization"))
@@ -205,7 +223,8 @@ class Ingress:
             data.append({
                 "id": route, "object": "model", "created": now, "owned_by": "semantic-router",
                 "root": t.served_model, "served_by": t.served_model, "configured_model": t.configured_model,
-                "deployment": t.deployment, "cpu_fallback": t.cpu_fallback,
+                "backend": "external" if t.external else "vllm", "endpoint": t.endpoint,
+                "deployment": t.deployment, "cpu_fallback": t.cpu_fallback, "tools": t.tools,
             })
         return {"object": "list", "data": data}
 
@@ -246,14 +265,22 @@ class Ingress:
         except OpenAIError as exc:
             self._record(RequestRecord(None, "rejected", exc.status, _ms_since(started)))
             raise
+        try:
+            chain = router.chain(decision.route, explicit=decision.reason == "explicit", tools=parsed.tools)
+        except OpenAIError as exc:  # tools sent to a route whose model cannot call them
+            self._finish(decision.route, decision, started, classify_ms, [], exc.status)
+            return JSONResponse(exc.body(), status_code=exc.status,
+                                headers=_routing_headers(decision.route, decision, router.targets[decision.route]))
         # The decided route first, then its fallbacks, until a model answers (streams: its first chunk).
         failed: list[tuple[str, str]] = []
         errors: list[OpenAIError] = []
-        for route in router.chain(decision.route, explicit=decision.reason == "explicit"):
+        for route in chain:
             target = router.targets[route]
             record = partial(self._finish, route, decision, started, classify_ms, failed)
             headers = {**_routing_headers(route, decision, target), **_fallback_headers(failed)}
-            llm_request = LLMRequest(endpoint, {**parsed.body, "model": target.served_model}, parsed.stream)
+            # The answering route's defaults, applied to what the client sent (not to a failed route's version).
+            sent = apply_defaults(endpoint, parsed.body, router.defaults[route])
+            llm_request = LLMRequest(endpoint, {**sent, "model": target.served_model}, parsed.stream)
             try:
                 first, chunks = await self._first_reply(target, llm_request, router.config.request_timeout_s)
             except asyncio.CancelledError:
@@ -271,8 +298,8 @@ class Ingress:
                 record(200)
                 return JSONResponse(first, headers=headers)
             record = partial(record, first_token_ms=_ms_since(started), stream=True)
-            return StreamingResponse(self._relay(first, chunks, route, record), media_type="text/event-stream",
-                                     headers=headers)
+            return StreamingResponse(self._relay(endpoint, first, chunks, route, record),
+                                     media_type="text/event-stream", headers=headers)
         error = _no_answer(failed, errors, router.config.retry_after_s)
         headers = {**_routing_headers(decision.route, decision, router.targets[decision.route]),
                    **_fallback_headers(failed)}
@@ -308,7 +335,7 @@ class Ingress:
             self.classify_score.observe(decision.score, tags={"route": decision.route})
         return decision, ms
 
-    async def _relay(self, first: str, chunks: Any, route: str, record: Any) -> AsyncIterator[str]:
+    async def _relay(self, endpoint: Endpoint, first: str, chunks: Any, route: str, record: Any) -> AsyncIterator[str]:
         status = 200
         try:
             yield first
@@ -319,7 +346,7 @@ class Ingress:
             raise
         except Exception as exc:  # after the first token the status is sent: end the stream with an error event
             status = (error := _failure(exc, route)[1]).status
-            yield f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
+            yield _stream_error(endpoint, error)
         finally:
             chunks.cancel()
             record(status)

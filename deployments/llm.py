@@ -12,7 +12,7 @@ from ray import serve
 
 from serve_app import kvcached
 from serve_app.embedded import resolve_llm
-from serve_app.llm_protocol import LLMRequest
+from serve_app.llm_protocol import LLMRequest, coalesce_ready
 from serve_app.plan import LLMPlan
 from serve_app.vllm_engine import VLLMEngine
 
@@ -44,8 +44,9 @@ class VLLMServer:
         return await self.engine.complete(request)
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        async for chunk in self.engine.stream(request):
-            yield chunk
+        # Events that pile up while many streams keep this replica busy cross the handle together.
+        async for events in coalesce_ready(self.engine.stream(request)):
+            yield events
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -28,7 +28,7 @@ def build_app(args: RouterConfig) -> Application:
         args = RouterConfig.model_validate(args)
     cluster_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
     graph = plan(args, resolve_accelerator(args.accelerator, cluster_gpus))
-    for llm in graph.llms.values():
+    for llm in graph.deployed_llms.values():
         if llm.cpu_fallback:
             logger.warning("%s serves %s on CPU in place of %s", llm.deployment, llm.served_model, llm.configured_model)
     return build_graph(args, graph)
@@ -39,5 +39,5 @@ def build_graph(args: RouterConfig, graph: GraphPlan) -> Application:
     stats = StatsAggregator.options(name=STATS, ray_actor_options=actor[STATS]).bind()
     classifier = Classifier.options(name=CLASSIFIER, ray_actor_options=actor[CLASSIFIER]).bind(args.classifier)
     llms = {name: VLLMServer.options(name=llm.deployment, ray_actor_options=llm.ray_actor_options).bind(llm)
-            for name, llm in graph.llms.items()}
+            for name, llm in graph.deployed_llms.items()}
     return Ingress.options(name=INGRESS, ray_actor_options=actor[INGRESS]).bind(classifier, llms, stats, graph.llms)

@@ -45,14 +45,51 @@ INGRESS_USER_CONFIG = "the routing block (the user_config of the Ingress deploym
 CLASSIFIER_USER_CONFIG = "the user_config of the Classifier deployment, where it changes without a restart"
 
 
+TOOL_ARGS = ("enable_auto_tool_choice", "tool_call_parser", "chat_template")  # vLLM's, owned by tool_calling
+TOOL_CALLING_HOME = "tool_calling (parser, chat_template)"
+
+
+class ToolCalling(StrictModel):
+    """What vLLM needs to answer requests with ``tools``: the parser that reads this model's tool calls.
+
+    vLLM 0.29 refuses every request with tools (even ``tool_choice: required`` or a named function) without a
+    parser, so a model with no ``tool_calling`` answers such requests with a 400 naming its route.
+    """
+
+    parser: str = Field(min_length=1, description="vLLM tool_call_parser for this model, e.g. hermes (Qwen2.5).")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template that renders tools, when the model's own does not: a file path, or "
+        "the name of one the router ships (chatml_tools: ChatML with Hermes tool calls).")
+
+
+def _refuse_tool_args(engine_args: dict[str, Any]) -> dict[str, Any]:
+    owned = sorted(set(TOOL_ARGS) & engine_args.keys())
+    if owned:
+        raise ValueError(f"engine_args may not set {owned}: set {TOOL_CALLING_HOME} instead")
+    return engine_args
+
+
 class LLMEntry(StrictModel):
-    """One entry of ``llms``: a vLLM deployment (``llm-<name>``). Several routes may share it."""
+    """One entry of ``llms``: a vLLM deployment (``llm-<name>``), or an OpenAI-compatible endpoint that already runs.
+
+    Several routes may share it. An external entry (``endpoint``) has no deployment: the ingress calls it over
+    HTTP, so it needs no GPU and no vLLM in the cluster.
+    """
 
     name: str = Field(pattern=_NAME)
-    model: str = Field(min_length=1, description="Weights served on GPU: a Hugging Face id or a local path.")
+    model: str = Field(min_length=1, description="Weights served on GPU (a Hugging Face id or a local path), or, "
+                       "with endpoint, the model id sent to it.")
+    endpoint: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+", description="An OpenAI-compatible base URL (http://host:port/v1) "
+        "that serves this model; no deployment is started for it.")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="With endpoint: the environment variable holding "
+        "its API key (never the key itself), read by the Ingress replicas.")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs/FrontendArgs, e.g. max_model_len."
     )
+    tool_calling: ToolCalling | None = Field(
+        None, description="GPU profile: how this model calls tools (the CPU fallback's model has its own).")
     num_gpus: float = Field(0.3, gt=0, description="GPU share of one replica (fractions share a GPU).")
     num_cpus: float = Field(1.0, ge=0)
     kv_cache_gib: float | None = Field(
@@ -65,13 +102,28 @@ class LLMEntry(StrictModel):
         owned = {"model", "served_model_name"} & value.keys()
         if owned:
             raise ValueError(f"engine_args may not set {sorted(owned)}: use the llm's 'model' field")
-        return value
+        return _refuse_tool_args(value)
 
     @model_validator(mode="after")
     def _one_kv_cap(self) -> LLMEntry:
         if self.kv_cache_gib is not None and "kv_cache_memory_bytes" in self.engine_args:
             raise ValueError("set kv_cache_gib or engine_args.kv_cache_memory_bytes, not both")
         return self
+
+    @model_validator(mode="after")
+    def _external_has_no_engine(self) -> LLMEntry:
+        engine_only = sorted({"engine_args", "tool_calling", "num_gpus", "num_cpus", "kv_cache_gib"}
+                             & self.model_fields_set)
+        if self.endpoint is not None and engine_only:
+            raise ValueError(f"llm {self.name!r} has an endpoint, so no engine runs in the cluster for it: remove "
+                             f"{engine_only}")
+        if self.endpoint is None and self.api_key_env is not None:
+            raise ValueError(f"llm {self.name!r} sets api_key_env without an endpoint")
+        return self
+
+    @property
+    def external(self) -> bool:
+        return self.endpoint is not None
 
 
 class KeywordRules(StrictModel):
@@ -93,6 +145,35 @@ class KeywordRules(StrictModel):
         return value
 
 
+SAMPLING_DEFAULTS = ("temperature", "top_p", "max_tokens")
+
+
+class RouteDefaults(StrictModel):
+    """What a route adds to every request it answers (serve_app/route_defaults.py applies it).
+
+    A value the client sent wins, unless the key is listed in ``enforce``. The system prompt is not a
+    default of that kind: ``system_prompt_mode`` says whether it goes before the client's (``prepend``) or
+    replaces the client's system messages (``replace``).
+    """
+
+    system_prompt: str | None = Field(None, min_length=1, description="Chat and Responses requests only.")
+    system_prompt_mode: Literal["prepend", "replace"] = "prepend"
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, description="max_output_tokens on the Responses API.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the chat template, e.g. {enable_thinking: true}.")
+    enforce: list[Literal["temperature", "top_p", "max_tokens", "chat_template_kwargs"]] = Field(
+        default_factory=list, description="Keys whose route value replaces the client's.")
+
+    @model_validator(mode="after")
+    def _enforced_are_set(self) -> RouteDefaults:
+        unset = [k for k in self.enforce if getattr(self, k) in (None, {})]
+        if unset:
+            raise ValueError(f"enforce lists {unset}, which this route's defaults do not set")
+        return self
+
+
 class RouteConfig(StrictModel):
     """A category of requests, declared by example queries, answered by one LLM."""
 
@@ -105,6 +186,8 @@ class RouteConfig(StrictModel):
     fallbacks: list[str] | None = Field(
         None, description="Routes that answer, in order, when this route's model cannot before its first token "
         "(dead, timed out, overloaded, failing). Default: the default route. [] for none.")
+    defaults: RouteDefaults = Field(
+        default_factory=lambda: RouteDefaults(), description="Applied to every request this route answers.")
 
     @field_validator("examples")
     @classmethod
@@ -205,9 +288,17 @@ class CPUFallbackConfig(StrictModel):
 
     model: str = f"{EMBEDDED_PREFIX}{SMOLLM2}"
     engine_args: dict[str, Any] = Field(default_factory=lambda: {"dtype": "float32", "max_model_len": 2048})
+    tool_calling: ToolCalling | None = Field(
+        default_factory=lambda: ToolCalling(parser="hermes", chat_template="chatml_tools"),
+        description="SmolLM2's own template renders no tools: the shipped ChatML template with Hermes calls does.")
     kv_cache_space_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE: allocated up front per engine.")
     llm_num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per LLM replica.")
     small_num_cpus: float = Field(0.05, ge=0, description="Ray CPUs per ingress, classifier and stats replica.")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _tool_args_owned_here(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _refuse_tool_args(value)
 
 
 class KvcachedConfig(StrictModel):

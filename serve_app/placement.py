@@ -58,7 +58,7 @@ def describe(app: dict[str, Any], accelerator: Accelerator) -> list[DeploymentVi
     app_env = {k: str(v) for k, v in ((app.get("runtime_env") or {}).get("env_vars") or {}).items()}
     views = [DeploymentView(name, actor, options.get(name, {}), mask_env(app_env))
              for name, actor in graph.ray_actor_options.items()]
-    for llm in graph.llms.values():
+    for llm in graph.deployed_llms.values():
         per_replica = {}
         if kvcached.enabled(llm.env):
             per_replica[kvcached.IPC_NAME] = kvcached.ipc_name(llm.deployment, "x" * 8)[:-8] + "<replica id>"
@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     configured = (app.get("args") or {}).get("accelerator", "auto")
     accelerator = args.accelerator or ("cpu" if configured == "cpu" else "gpu")
     print(format_views(describe(app, accelerator), accelerator))
+    externals = [llm for llm in plan(RouterConfig.model_validate(app.get("args") or {}), accelerator).llms.values()
+                 if llm.external]
+    for llm in externals:  # no deployment, no resources: the ingress calls them
+        print(f"external llm {llm.llm}: {llm.served_model} at {llm.endpoint}"
+              + (f" (key from ${llm.api_key_env})" if llm.api_key_env else ""))
     return 0
 
 

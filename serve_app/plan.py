@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from serve_app import kvcached
-from serve_app.config import LLMEntry, RouterConfig, deployment_name
+from serve_app.config import LLMEntry, RouterConfig, ToolCalling, deployment_name
 from serve_app.embedded import SMOLLM2, is_embedded
 
 logger = logging.getLogger("serve_app.placement")
@@ -28,20 +28,30 @@ GIB = 1 << 30
 
 @dataclass(frozen=True)
 class LLMPlan:
-    """One LLM deployment: what it asks of Ray, what its engine starts with, and what it answers as."""
+    """One LLM: what its deployment asks of Ray, what its engine starts with, and what it answers as.
+
+    An external LLM (``endpoint`` set) has no deployment: the ingress calls its endpoint over HTTP.
+    """
 
     llm: str  # the name of its entry in the config's llms
-    deployment: str
+    deployment: str | None  # None: external
     configured_model: str  # what the config asks for
     model: str  # what the replica loads: an id, a path or embedded:NAME (the CPU fallback's model)
-    served_model: str  # the name it answers as
+    served_model: str  # the name it answers as (external: the model id sent to the endpoint)
     engine_args: dict[str, Any]
     env: dict[str, str]  # set in the replica before vLLM is imported
     ray_actor_options: dict[str, Any]
+    tools: bool = False  # answers requests with tools (vLLM: a tool parser is configured)
+    endpoint: str | None = None
+    api_key_env: str | None = None
 
     @property
     def cpu_fallback(self) -> bool:
         return self.model != self.configured_model
+
+    @property
+    def external(self) -> bool:
+        return self.endpoint is not None
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,30 @@ class GraphPlan:
     ray_actor_options: dict[str, dict[str, Any]]  # the ingress, classifier and stats deployments
     llms: dict[str, LLMPlan] = field(default_factory=dict)  # by llm name
 
+    @property
+    def deployed_llms(self) -> dict[str, LLMPlan]:
+        """The LLMs served in the cluster (external ones have no deployment)."""
+        return {name: llm for name, llm in self.llms.items() if not llm.external}
+
 
 def served_model_name(model: str) -> str:
     return model.removeprefix("embedded:") if is_embedded(model) else model
+
+
+def tool_engine_args(tool_calling: ToolCalling | None) -> dict[str, Any]:
+    """The vLLM frontend arguments that let an engine answer requests with tools."""
+    if tool_calling is None:
+        return {}
+    args: dict[str, Any] = {"enable_auto_tool_choice": True, "tool_call_parser": tool_calling.parser}
+    if tool_calling.chat_template:
+        args["chat_template"] = tool_calling.chat_template  # a shipped name is found by the replica
+    return args
+
+
+def external_plan(llm: LLMEntry) -> LLMPlan:
+    # The endpoint decides what it supports: a request with tools is sent on, and its answer passed back.
+    return LLMPlan(llm.name, None, llm.model, llm.model, llm.model, {}, {}, {}, tools=True,
+                   endpoint=llm.endpoint.rstrip("/"), api_key_env=llm.api_key_env)
 
 
 def cpu_engine_env(kv_cache_space_gib: int, cores: int | None = None) -> dict[str, str]:
@@ -101,16 +132,20 @@ def plan(config: RouterConfig, accelerator: Accelerator) -> GraphPlan:
                   else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus})
     result = GraphPlan({INGRESS: small, CLASSIFIER: classifier, STATS: small})
     for llm in config.llms:
+        if llm.external:
+            result.llms[llm.name] = external_plan(llm)
+            continue
         if accelerator == "cpu":
-            model, engine_args = cpu.model, dict(cpu.engine_args)
+            model, engine_args, tools = cpu.model, dict(cpu.engine_args), cpu.tool_calling
             actor = {"num_cpus": cpu.llm_num_cpus}
             env = cpu_engine_env(cpu.kv_cache_space_gib)
         else:
-            model, engine_args = llm.model, gpu_engine_args(llm, config.kvcached.enabled)
+            model, engine_args, tools = llm.model, gpu_engine_args(llm, config.kvcached.enabled), llm.tool_calling
             actor = {"num_cpus": llm.num_cpus, "num_gpus": llm.num_gpus}
             env = gpu_engine_env(config)
         result.llms[llm.name] = LLMPlan(llm.name, deployment_name(llm.name), llm.model, model,
-                                        served_model_name(model), engine_args, env, actor)
+                                        served_model_name(model), engine_args | tool_engine_args(tools), env, actor,
+                                        tools=tools is not None)
     return result
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from serve_app.errors import OpenAIError
 
-Endpoint = Literal["chat", "completion"]
+Endpoint = Literal["chat", "completion", "responses"]
 AUTO_MODEL = "auto"
 
 
@@ -36,6 +36,14 @@ class ChatMessage(BaseModel):
 
 class _ChatRequest(_Routed):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+
+
+class _ResponsesRequest(_Routed):
+    input: StrictStr | list[Any] = Field(min_length=1)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
 
 
 class _CompletionRequest(_Routed):
@@ -49,6 +57,7 @@ class ParsedRequest:
     stream: bool
     # Texts to classify, most specific first: the last user turn, then the recent conversation.
     routing_texts: tuple[str, ...]
+    tools: bool = False  # asks the model to call tools (tool_choice other than "none")
 
 
 MAX_JSON_DEPTH = 64  # far deeper than any OpenAI request (tool schemas included); Ray cannot pickle ~500 levels
@@ -93,21 +102,33 @@ def _check_values(body: dict[str, Any]) -> None:
 
 def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int = 3) -> ParsedRequest:
     try:
-        if endpoint == "chat":
-            chat = _ChatRequest.model_validate(body)
-            # Only what the user wrote says what the request is about: system prompts are the operator's
-            # standing instructions, assistant and tool turns are the model's own output.
-            turns = [content_text(m.content) for m in chat.messages if m.role == "user"]
-            texts, routed = _candidates([t for t in turns if t], context_turns), chat
-        else:
+        if endpoint == "completion":
             completion = _CompletionRequest.model_validate(body)
             prompt = completion.prompt
             # Token ids say nothing readable: the default route answers them.
             prompts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
-            texts, routed = _candidates([p.strip() for p in prompts if p.strip()], 1), completion
+            texts = _candidates([p.strip() for p in prompts if p.strip()], 1)
+            return ParsedRequest(body, completion.model or None, bool(completion.stream), texts)
+        # Only what the user wrote says what the request is about: system prompts and instructions are the
+        # operator's standing orders, tool schemas describe tools, assistant and tool turns are output.
+        if endpoint == "chat":
+            routed = _ChatRequest.model_validate(body)
+            turns = [content_text(m.content) for m in routed.messages if m.role == "user"]
+        else:
+            routed = _ResponsesRequest.model_validate(body)
+            if body.get("previous_response_id") is not None:
+                # Each turn may be answered by another model, and no engine keeps responses.
+                raise OpenAIError(400, "previous_response_id is not supported: the router stores no responses (each "
+                                  "turn may go to another model). Send the whole conversation in input.",
+                                  code="unsupported_parameter", param="previous_response_id")
+            turns = ([routed.input.strip()] if isinstance(routed.input, str)
+                     else [content_text(item.get("content")) for item in routed.input
+                           if isinstance(item, dict) and item.get("role") == "user"])
     except ValidationError as exc:
         raise OpenAIError.invalid(exc) from None
-    return ParsedRequest(body, routed.model or None, bool(routed.stream), texts)
+    tools = bool(routed.tools) and routed.tool_choice != "none"
+    return ParsedRequest(body, routed.model or None, bool(routed.stream),
+                         _candidates([t for t in turns if t], context_turns), tools)
 
 
 def _candidates(turns: list[str], context_turns: int) -> tuple[str, ...]:
@@ -119,10 +140,10 @@ def _candidates(turns: list[str], context_turns: int) -> tuple[str, ...]:
 
 
 def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of an array of parts."""
+    """The text of a message's content: a string, or the text parts of an array of parts (chat or Responses)."""
     if isinstance(content, str):
         return content.strip()
     if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")]
         return "\n".join(p for p in parts if isinstance(p, str)).strip()
     return ""

@@ -15,12 +15,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from serve_app.errors import OpenAIError
 from serve_app.llm_protocol import LLMRequest
 
 logger = logging.getLogger("serve_app.vllm_engine")
+
+CHAT_TEMPLATES = Path(__file__).with_name("chat_templates")  # the templates the router ships
+
+
+def chat_template_path(template: str) -> str:
+    """A shipped template's file (``chatml_tools``), or what was given: a path, or a template itself."""
+    shipped = CHAT_TEMPLATES / f"{template}.jinja"
+    return str(shipped) if shipped.is_file() else template
 
 
 def split_engine_args(engine_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -46,9 +55,12 @@ class VLLMEngine:
         self.model = model
         self.served_model_name = served_model_name
         self._engine_kwargs, self._frontend_kwargs = split_engine_args(engine_args)
+        if self._frontend_kwargs.get("chat_template"):
+            self._frontend_kwargs["chat_template"] = chat_template_path(self._frontend_kwargs["chat_template"])
         self._engine = None
         self._chat = None
         self._completion = None
+        self._responses = None
 
     async def start(self) -> None:
         from argparse import Namespace
@@ -72,6 +84,7 @@ class VLLMEngine:
         await init_app_state(self._engine, state, args, supported_tasks=await self._engine.get_supported_tasks())
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
+        self._responses = getattr(state, "openai_serving_responses", None)
         logger.info("vLLM engine ready: %s serving %s", self.served_model_name, self.model)
 
     async def check_health(self) -> None:
@@ -85,36 +98,47 @@ class VLLMEngine:
         result = await self._serve(request)
         if isinstance(result, AsyncIterator):  # only a request that asked to stream gets a generator
             raise OpenAIError(400, "This call answers whole; the request asked to stream.", param="stream")
+        if request.endpoint == "responses":  # as vLLM's own /v1/responses route writes it
+            return result.model_dump(mode="json", by_alias=True)
         return result.model_dump(exclude_unset=False)
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         result = await self._serve(request)
         if not isinstance(result, AsyncIterator):
             raise OpenAIError(400, "This call streams; the request did not ask to stream.", param="stream")
+        if request.endpoint == "responses":
+            # Chat and completion streams come as SSE strings; Responses streams as typed events.
+            async for event in result:
+                yield f"event: {event.type}\ndata: {event.model_dump_json(by_alias=True)}\n\n"
+            return
         async for chunk in result:
             yield chunk
 
     async def _serve(self, request: LLMRequest) -> Any:
-        """vLLM's own serving code: a response model, or an async generator of SSE strings for a stream."""
+        """vLLM's own serving code: a response model, or an async generator (SSE strings or events) for a stream."""
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        chat = request.endpoint == "chat"
-        serving = self._chat if chat else self._completion
+        serving, protocol, create = {
+            "chat": (self._chat, ChatCompletionRequest, "create_chat_completion"),
+            "completion": (self._completion, CompletionRequest, "create_completion"),
+            "responses": (self._responses, ResponsesRequest, "create_responses"),
+        }[request.endpoint]
+        if serving is None:
+            raise OpenAIError(404, f"{self.served_model_name} does not serve the {request.endpoint} API.",
+                              code="not_found")
         try:
-            parsed = (ChatCompletionRequest if chat else CompletionRequest).model_validate(request.body)
+            parsed = protocol.model_validate(request.body)
         except ValidationError as exc:
             raise OpenAIError.invalid(exc) from None
         except Exception as exc:  # vLLM's validators also raise their own types (VLLMValidationError, and worse)
             raise OpenAIError(400, f"Invalid request: {exc}", code="invalid_parameter",
                               param=getattr(exc, "parameter", None)) from None
         try:
-            if chat:
-                result = await serving.create_chat_completion(parsed, raw_request=None)
-            else:
-                result = await serving.create_completion(parsed, raw_request=None)
+            result = await getattr(serving, create)(parsed, raw_request=None)
         except Exception as exc:  # vLLM raises ValueError & co. for requests it cannot serve
             result = serving.create_error_response(exc)
         if isinstance(result, ErrorResponse):

@@ -1,14 +1,59 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "http://127.0.0.1:8000"
 SERVE_CONFIG = ROOT / "serve_config.yaml"
+EXTERNAL_EXAMPLE = ROOT / "examples" / "external.yaml"
 DEV_SET = ROOT.parent / "shared" / "eval" / "dev.jsonl"
+
+# The mixed graph (examples/external.yaml): its external endpoint, and the keys it is started with.
+UPSTREAM = "http://127.0.0.1:9100"
+UPSTREAM_KEY = "sk-upstream-test-5c1e"
+ROUTER_KEY = "sk-router-test-7d1f0c9a"
+OTHER_ROUTER_KEY = "sk-router-test-other-2b8e"
+
+# One graph at a time answers on port 8000: starting one stops the other. Tests of the mixed graph run
+# first (pytest_collection_modifyitems), so the shared graph starts once, after them.
+_graphs: dict[str, contextlib.ExitStack] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: "mixed_graph" not in getattr(item, "fixturenames", ()))
+
+
+def _serve(name: str, path: Path, **kwargs):
+    from tests.local_serve import LocalServe, StartupError, serve_run
+
+    if os.environ.get("ROUTER_TEST_RUNNING_GRAPH") == name:
+        # While developing: test against a graph you started yourself (only the base URL is known).
+        return LocalServe(BASE, 0.0, "http://127.0.0.1:8265", "")
+    for other in list(_graphs):
+        _graphs.pop(other).close()
+    stack = contextlib.ExitStack()
+    try:
+        running = stack.enter_context(serve_run(path, BASE, **kwargs))
+    except StartupError as exc:
+        stack.close()
+        pytest.fail(str(exc))
+    _graphs[name] = stack
+    print(f"\n{name} graph healthy after {running.startup_s:.0f}s")
+    return running
+
+
+def _stop(name: str) -> None:
+    if name in _graphs:
+        _graphs.pop(name).close()
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +97,64 @@ def graph():
 
     Modules that change it (a live routing update, a killed replica) put it back as they found it.
     """
-    from tests.local_serve import StartupError, serve_run
+    yield _serve("shared", SERVE_CONFIG, timeout_s=1200)
+    _stop("shared")
 
-    try:
-        with serve_run(SERVE_CONFIG, BASE, timeout_s=1200) as running:
-            print(f"\nrouter healthy after {running.startup_s:.0f}s")
-            yield running
-    except StartupError as exc:
-        pytest.fail(str(exc))
+
+class Upstream:
+    """The external endpoint of examples/external.yaml: tests/openai_stub.py, a real server on loopback."""
+
+    url = UPSTREAM
+
+    def __init__(self) -> None:
+        self.server: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.server = subprocess.Popen([sys.executable, "-m", "tests.openai_stub", "--port", UPSTREAM.rsplit(":")[-1],
+                                        "--model", "coder-large", "--api-key", UPSTREAM_KEY], cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{UPSTREAM}/v1/models", timeout=2)
+                return
+            except httpx.TransportError:
+                assert self.server.poll() is None and time.monotonic() < deadline, "the stub endpoint did not start"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(10)
+            self.server = None
+
+    def seen(self) -> dict:
+        """What it was sent: request count, distinct connections, the recent requests."""
+        return httpx.get(f"{UPSTREAM}/stub/requests", timeout=10).json()
+
+    def mode(self, **mode) -> None:
+        """fail_status: answer everything with it; delay_s: wait before answering; reset: forget what was seen."""
+        httpx.post(f"{UPSTREAM}/stub/mode", json=mode, timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    endpoint = Upstream()
+    endpoint.start()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture(scope="session")
+def mixed_graph(upstream, tmp_path_factory):
+    """``serve run examples/external.yaml`` with API keys: an in-cluster vLLM model and an external one.
+
+    As an operator starts it: keys in the environment of `serve run`. One change to the example: no tool
+    calling on the CPU fallback, so the 400 for tools sent to a model without it can be seen for real.
+    """
+    config = yaml.safe_load(EXTERNAL_EXAMPLE.read_text())
+    config["applications"][0]["args"]["cpu_fallback"]["tool_calling"] = None
+    path = tmp_path_factory.mktemp("mixed") / "external.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    yield _serve("mixed", path, env={"ROUTER_API_KEYS": f"{ROUTER_KEY},{OTHER_ROUTER_KEY}",
+                                     "CODER_API_KEY": UPSTREAM_KEY})
+    _stop("mixed")

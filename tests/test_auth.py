@@ -1,51 +1,28 @@
 """End to end: API keys on a running router, and logs that hold neither keys nor prompts nor answers.
 
-Keys change what the graph serves, so this module runs its own small graph (the shipped config with one LLM
-answering every route), started as an operator would: `ROUTER_API_KEYS` in the environment of `serve run`.
+Keys change what the graph serves, so this module runs on the second graph (tests/conftest.py `mixed_graph`:
+examples/external.yaml), started as an operator would: `ROUTER_API_KEYS` in the environment of `serve run`.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from serve_app.config_file import routing_block
-from tests.conftest import BASE, SERVE_CONFIG
-from tests.local_serve import StartupError, serve_run
+from tests.conftest import BASE, OTHER_ROUTER_KEY, ROUTER_KEY, UPSTREAM_KEY
 
 pytestmark = pytest.mark.cluster
 
-KEY = "sk-router-test-7d1f0c9a"
-OTHER_KEY = "sk-router-test-other-2b8e"
+KEY, OTHER_KEY = ROUTER_KEY, OTHER_ROUTER_KEY
 PROMPT_MARKER = "zebra-quartz-4417"  # a word no log line has any business holding
 
 
-def _one_llm(config: dict) -> dict:
-    """The shipped config with llm-general answering every route: one engine, a quicker start."""
-    config = copy.deepcopy(config)
-    app = config["applications"][0]
-    app["args"]["llms"] = [llm for llm in app["args"]["llms"] if llm["name"] == "general"]
-    app["deployments"] = [d for d in app["deployments"] if d["name"] not in ("llm-code", "llm-math")]
-    for route in routing_block(app)["routes"]:
-        route["llm"] = "general"
-        route.pop("fallbacks", None)
-    return config
-
-
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory):
-    path = tmp_path_factory.mktemp("auth") / "one_llm.yaml"
-    path.write_text(yaml.safe_dump(_one_llm(yaml.safe_load(SERVE_CONFIG.read_text())), sort_keys=False))
-    try:
-        with serve_run(path, BASE, env={"ROUTER_API_KEYS": f"{KEY},{OTHER_KEY}"}) as running:
-            yield running
-    except StartupError as exc:
-        pytest.fail(str(exc))
+def keyed(mixed_graph):
+    return mixed_graph
 
 
 ENDPOINTS = [("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
@@ -85,7 +62,7 @@ def test_the_openai_client_with_a_key_and_logs_that_hold_no_key_prompt_or_answer
     logs = [p for p in Path(keyed.ray_tmp).rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")]
     text = "\n".join(p.read_text(errors="replace") for p in logs)
     assert "POST /v1/chat/completions" in text  # the access log is there: the search reads the right files
-    for secret in (KEY, OTHER_KEY, "sk-wrong", PROMPT_MARKER):
+    for secret in (KEY, OTHER_KEY, "sk-wrong", PROMPT_MARKER, UPSTREAM_KEY):
         assert secret not in text, f"{secret!r} found in the logs"
     if len(answer) >= 20:
         assert answer not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -210,3 +211,46 @@ def test_one_kv_cache_cap_per_llm(router_args):
     args["llms"][0]["kv_cache_gib"] = 4
     args["llms"][0]["engine_args"] = {"kv_cache_memory_bytes": 1 << 30}
     assert "set kv_cache_gib or engine_args.kv_cache_memory_bytes, not both" in _error(args)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"engine_args": {"tool_call_parser": "hermes"}}, "engine_args may not set ['tool_call_parser']: set tool_calling"),
+    ({"engine_args": {"chat_template": "x.jinja", "enable_auto_tool_choice": True}},
+     "may not set ['chat_template', 'enable_auto_tool_choice']"),
+    ({"tool_calling": {"parser": ""}}, "tool_calling.parser"),
+    ({"tool_calling": {"parser": "hermes", "template": "x"}}, "tool_calling.template"),
+])
+def test_tool_calling_has_one_home(router_args, entry, message):
+    args = copy.deepcopy(router_args)
+    args["llms"][0].update(entry)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        RouterConfig.model_validate(args)
+    cpu = copy.deepcopy(router_args)
+    cpu["cpu_fallback"]["engine_args"] = {"tool_call_parser": "hermes"}
+    with pytest.raises(ValidationError, match=re.escape("set tool_calling")):
+        RouterConfig.model_validate(cpu)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"endpoint": "http://127.0.0.1:9100/v1", "model": "m", "num_gpus": 0.5},
+     "has an endpoint, so no engine runs in the cluster for it: remove ['num_gpus']"),
+    ({"endpoint": "http://127.0.0.1:9100/v1", "model": "m", "engine_args": {}, "tool_calling": {"parser": "hermes"}},
+     "remove ['engine_args', 'tool_calling']"),
+    ({"model": "m", "api_key_env": "KEY"}, "sets api_key_env without an endpoint"),
+    ({"endpoint": "127.0.0.1:9100/v1", "model": "m"}, "endpoint"),
+    ({"endpoint": "http://127.0.0.1:9100/v1", "model": "m", "api_key_env": "sk-abc123-not-a-name"}, "api_key_env"),
+    ({"endpoint": "http://127.0.0.1:9100/v1", "model": "m", "api_key": "sk-1"}, "api_key"),  # never the key itself
+])
+def test_external_entries_are_checked(router_args, entry, message):
+    args = copy.deepcopy(router_args)
+    args["llms"].append({"name": "hosted", **entry})
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        RouterConfig.model_validate(args)
+
+
+def test_a_mixture_of_in_cluster_and_external_llms_is_valid(router_args):
+    args = copy.deepcopy(router_args)
+    args["llms"][0] = {"name": "code", "endpoint": "https://api.example.com/v1", "model": "coder-large",
+                       "api_key_env": "CODER_KEY"}
+    config = RouterConfig.model_validate(args)
+    assert config.llms[0].external and not config.llms[1].external

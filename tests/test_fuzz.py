@@ -25,7 +25,7 @@ TIMEOUT_S = 90  # a request still unanswered by then is a hang
 BATCH = 6  # cases sent at once by one example
 VOCAB = 49152  # SmolLM2's
 NAN, INF = math.nan, math.inf
-CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+CHAT, COMPLETIONS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/responses"
 
 # Generate only, no shrinking, quiet: a failure names its case (cut short), and the plain tests below keep the
 # minimal cases.
@@ -175,7 +175,36 @@ def _body(required: dict, optional: dict[str, st.SearchStrategy]) -> st.SearchSt
                      st.fixed_dictionaries(required), dropped, _some(optional, 3), unknown_fields)
 
 
+response_items = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(ROLES), "content": contents}),
+    st.fixed_dictionaries({"type": st.just("message"), "role": st.just("user"), "content": st.lists(
+        st.fixed_dictionaries({"type": st.sampled_from(["input_text", "text", "output_text"]), "text": texts}),
+        max_size=2)}),
+    st.sampled_from([{"type": "function_call_output", "call_id": "c1", "output": "42"},
+                     {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{"},
+                     {"type": "reasoning", "summary": []}, {"type": "nonsense"}]),
+    json_values,
+)
+inputs = _pick((3, texts), (2, st.lists(response_items, min_size=1, max_size=3)),
+               (1, st.sampled_from([None, [], 5, {"role": "user"}, [[]]])))
+RESPONSES_ONLY = {k: st.sampled_from(v) for k, v in {
+    "instructions": ["Be brief.", "", 5, None, "\ud800"],
+    "previous_response_id": ["resp_1", "", 5],
+    "store": [True, False, "x"],
+    "background": [True, "x"],
+    "tools": [[{"type": "function", "name": "f", "parameters": {"type": "object"}}], [{"type": "web_search"}],
+              [{"type": "function"}], "x"],
+    "tool_choice": ["required", "none", "auto", {"type": "function", "name": "nope"}, 5],
+    "text": [{"format": {"type": "json_object"}}, {"format": {"type": "nonsense"}}, 5],
+    "reasoning": [{"effort": "high"}, {"effort": "x"}, 5],
+    "include": [["message.output_text.logprobs"], ["x"], 5],
+    "max_tool_calls": [-1, 0, 10**9],
+    "truncation": ["auto", "disabled", "x"],
+}.items()}
 chat_bodies = _body({"messages": messages, "max_tokens": MAX_TOKENS}, {**COMMON, **CHAT_ONLY, **VLLM_EXTRAS})
+responses_bodies = _body({"input": inputs, "max_output_tokens": MAX_TOKENS},
+                         {**{k: COMMON[k] for k in ("temperature", "top_p", "stream", "model", "user")},
+                          **RESPONSES_ONLY})
 completion_bodies = _body({"prompt": prompts, "max_tokens": MAX_TOKENS}, {**COMMON, **COMPLETION_ONLY, **VLLM_EXTRAS})
 
 
@@ -216,7 +245,7 @@ CONTENT_TYPES = [None, "application/json", "text/plain", "application/x-www-form
                  "multipart/form-data; boundary=x", "application/json; charset=latin-1", "application/octet-stream"]
 raw_cases = st.tuples(
     st.sampled_from(["POST"] * 9 + ["GET", "PUT", "DELETE"]),
-    st.sampled_from([CHAT] * 4 + [COMPLETIONS] * 3 + ["/v1/models", "/v1/embeddings", "/stats", f"{CHAT}/",
+    st.sampled_from([CHAT] * 4 + [COMPLETIONS] * 3 + [RESPONSES] * 2 + ["/v1/models", "/v1/embeddings", "/stats", f"{CHAT}/",
                                                       "/v1/../v1/models"]),
     raw_contents, st.sampled_from(CONTENT_TYPES),
 )
@@ -235,6 +264,12 @@ def _check(response: httpx.Response) -> None:
     assert "Traceback" not in response.text
     if response.status_code >= 400:
         _check_error(response.json()["error"])
+    elif response.headers.get("content-type", "").startswith("text/event-stream") and \
+            response.request.url.path == RESPONSES:
+        # Typed events, no [DONE]: the last says how the response ended.
+        events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events and events[-1]["type"] in ("response.completed", "response.incomplete", "response.failed",
+                                                 "error"), response.text[-2000:]
     elif response.headers.get("content-type", "").startswith("text/event-stream"):
         events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
         assert events and events[-1] == "[DONE]", response.text[-2000:]
@@ -244,6 +279,8 @@ def _check(response: httpx.Response) -> None:
                 assert not (isinstance(chunk["error"]["code"], int) and chunk["error"]["code"] >= 500), chunk
     elif response.request.url.path in (CHAT, COMPLETIONS) and response.status_code == 200:
         assert response.json()["choices"], response.text[:2000]
+    elif response.request.url.path == RESPONSES and response.status_code == 200:
+        assert response.json()["object"] == "response", response.text[:2000]
 
 
 class Fuzzer:
@@ -289,6 +326,12 @@ def test_fuzzed_chat_bodies(fuzzer, cases):
 @settings(FUZZ, max_examples=35)
 @given(st.lists(_json_case(COMPLETIONS, completion_bodies), min_size=3, max_size=BATCH))
 def test_fuzzed_completion_bodies(fuzzer, cases):
+    fuzzer.check_all(cases)
+
+
+@settings(FUZZ, max_examples=35)
+@given(st.lists(_json_case(RESPONSES, responses_bodies), min_size=3, max_size=BATCH))
+def test_fuzzed_responses_bodies(fuzzer, cases):
     fuzzer.check_all(cases)
 
 

@@ -31,6 +31,7 @@ STREAM_TOKENS = 600  # about half a minute of decoding on a 2-core CPU: long eno
 
 CREATIVE = {
     "name": "creative", "llm": "general", "description": "Poems, stories and lyrics.",
+    "defaults": {"max_tokens": 3, "enforce": ["max_tokens"]},  # route defaults change live too
     "examples": ["Write a haiku about the autumn moon", "Write a haiku about falling leaves",
                  "Compose a sonnet about the sea", "Write a short poem about rain on a window",
                  "Write a limerick about a cat", "Write a poem about the night sky",
@@ -153,6 +154,9 @@ def test_routing_changes_live_without_restarting_a_replica(router, configs):
 
     _wait(lambda: _route(HAIKU) == ("creative", "classified"), "routing the haiku to the new creative route")
     assert _route(SUM) == ("general", "below_threshold")  # math's new threshold
+    long_haiku = httpx.post(f"{BASE}/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": HAIKU}], "max_tokens": 50, "ignore_eos": True}).json()
+    assert long_haiku["usage"]["completion_tokens"] == 3  # the new route's enforced max_tokens
     models = {m["id"]: m for m in httpx.get(f"{BASE}/v1/models").json()["data"]}
     assert models["creative"]["deployment"] == "llm-general"
     health = httpx.get(f"{BASE}/health").json()

@@ -119,7 +119,41 @@ def test_cpu_fallback_ignores_kvcached_and_says_so(router_args, caplog):
     assert "kvcached is GPU-only" in caplog.text
     for engine in p.llms.values():
         assert not kvcached.enabled(engine.env) and "KVCACHED_GPU_UTILIZATION" not in engine.env
-        assert engine.engine_args == {"dtype": "float32", "max_model_len": 2048}
+        assert engine.engine_args == {"dtype": "float32", "max_model_len": 2048, "enable_auto_tool_choice": True,
+                                      "tool_call_parser": "hermes", "chat_template": "chatml_tools"}
+        assert engine.tools
+
+
+def test_tool_calling_reaches_the_engine_where_configured(router_args):
+    """GPU: each model's own tool_calling (general: hermes, its template renders tools; code and math: none)."""
+    p = plan(RouterConfig.model_validate(router_args), "gpu")
+    general = p.llms["general"]
+    assert general.tools and general.engine_args["tool_call_parser"] == "hermes"
+    assert general.engine_args["enable_auto_tool_choice"] is True and "chat_template" not in general.engine_args
+    for name in ("code", "math"):
+        assert not p.llms[name].tools
+        assert not {"enable_auto_tool_choice", "tool_call_parser", "chat_template"} & p.llms[name].engine_args.keys()
+
+
+def test_shipped_chat_template_is_found_by_name():
+    from serve_app.vllm_engine import chat_template_path
+
+    path = chat_template_path("chatml_tools")
+    assert path.endswith("chatml_tools.jinja") and "<tool_call>" in open(path).read()
+    assert chat_template_path("/some/own/template.jinja") == "/some/own/template.jinja"
+
+
+def test_an_external_llm_has_no_deployment(router_args):
+    args = copy.deepcopy(router_args)
+    args["llms"].append({"name": "hosted", "endpoint": "http://127.0.0.1:9100/v1/", "model": "gpt-4o-mini",
+                         "api_key_env": "HOSTED_KEY"})
+    for accelerator in ("cpu", "gpu"):
+        p = plan(RouterConfig.model_validate(args), accelerator)
+        hosted = p.llms["hosted"]
+        assert hosted.external and hosted.deployment is None and hosted.tools
+        assert hosted.endpoint == "http://127.0.0.1:9100/v1" and hosted.served_model == "gpt-4o-mini"
+        assert not hosted.cpu_fallback and hosted.api_key_env == "HOSTED_KEY"
+        assert "hosted" not in p.deployed_llms and set(p.deployed_llms) == {"code", "math", "general"}
 
 
 def test_secrets_are_masked(serve_config):

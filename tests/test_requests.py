@@ -84,3 +84,45 @@ def test_json_that_nothing_downstream_can_carry_is_a_400(raw, message):
 def test_ordinary_nesting_and_unicode_pass():
     body = {"messages": [{"role": "user", "content": "naïve 日本語 🙂 \u200f"}], "tools": [{"a": {"b": {"c": [[1]]}}}]}
     assert parse_json_body(json.dumps(body).encode()) == body
+
+
+def test_responses_route_on_what_the_user_wrote():
+    parsed = parse_request("responses", {"input": "  Fix my Python loop  ", "instructions": "You are a cat."})
+    assert parsed.routing_texts == ("Fix my Python loop",) and not parsed.tools
+    items = {"input": [{"role": "developer", "content": "Never route on me."},
+                       {"role": "user", "content": [{"type": "input_text", "text": "What is 7 * 6?"}]},
+                       {"type": "function_call", "call_id": "c1", "name": "calc", "arguments": "{}"},
+                       {"type": "function_call_output", "call_id": "c1", "output": "42"},
+                       {"type": "message", "role": "user", "content": "and times 2?"}],
+             "tools": [{"type": "function", "name": "calc", "parameters": {"type": "object"}}], "stream": True}
+    parsed = parse_request("responses", items)
+    assert parsed.routing_texts == ("and times 2?", "What is 7 * 6?\nand times 2?")
+    assert parsed.tools and parsed.stream
+
+
+def test_tools_are_asked_for_unless_tool_choice_is_none():
+    chat = {"messages": [{"role": "user", "content": "weather?"}], "tools": [{"type": "function"}]}
+    assert parse_request("chat", chat).tools
+    assert parse_request("chat", {**chat, "tool_choice": {"type": "function", "function": {"name": "f"}}}).tools
+    assert not parse_request("chat", {**chat, "tool_choice": "none"}).tools
+    assert not parse_request("chat", {**chat, "tools": []}).tools
+    assert not parse_request("completion", {"prompt": "x", "tools": [{}]}).tools
+
+
+def test_tool_turns_and_schemas_are_not_classified():
+    chat = {"messages": [{"role": "user", "content": "Book a table for two"},
+                         {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                                                "function": {"name": "sql_query",
+                                                                                             "arguments": "{}"}}]},
+                         {"role": "tool", "tool_call_id": "1", "content": "SELECT * FROM tables WHERE free"}],
+            "tools": [{"type": "function", "function": {"name": "sql_query", "description": "Run SQL"}}]}
+    assert parse_request("chat", chat).routing_texts == ("Book a table for two",)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({}, "input"), ({"input": ""}, "input"), ({"input": []}, "input"), ({"input": 3}, "input"),
+    ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+])
+def test_bad_responses_requests_are_400s(body, param):
+    err = _err(parse_request, "responses", body)
+    assert err.status == 400 and err.param == param

@@ -102,3 +102,44 @@ def test_fallbacks_must_name_other_routes(routing_args, fallbacks, message):
     routes = [{**routing_args["routes"][0], "fallbacks": fallbacks}, *routing_args["routes"][1:]]
     with pytest.raises(ValueError, match=re.escape(message)):
         RoutingConfig.model_validate({**routing_args, "routes": routes})
+
+
+def test_tools_go_only_where_tool_calling_is_configured(router_args, routing_args):
+    """GPU plan of the shipped config: only llm-general (Qwen2.5, hermes) calls tools."""
+    routing = RoutingConfig.model_validate(routing_args)
+    embeddings = np.eye(len(examples_of(routing)), 4, dtype=np.float32)
+    router = Router(routing, embeddings, plan(RouterConfig.model_validate(router_args), "gpu").llms)
+    assert router.chain("general", explicit=False, tools=True) == ["general"]
+    with pytest.raises(OpenAIError) as info:
+        router.chain("code", explicit=False, tools=True)
+    error = info.value
+    assert error.status == 400 and error.code == "tools_not_supported" and error.param == "tools"
+    assert "Route 'code'" in error.message and "tool_calling of llms entry 'code'" in error.message
+    assert router.chain("code", explicit=False, tools=False) == ["code", "general"]
+    # On the CPU fallback every LLM serves SmolLM2 with cpu_fallback.tool_calling: tools go anywhere.
+    assert _router(router_args, routing_args).chain("code", explicit=False, tools=True) == ["code", "general"]
+
+
+def test_a_fallback_without_tool_calling_is_skipped_for_requests_with_tools(router_args, routing_args):
+    args = {**router_args, "llms": [{**llm, "tool_calling": {"parser": "hermes"}} if llm["name"] == "code" else llm
+                                    for llm in router_args["llms"]]}
+    routes = [{**r, "fallbacks": ["math", "general"]} if r["name"] == "code" else r for r in routing_args["routes"]]
+    routing = RoutingConfig.model_validate({**routing_args, "routes": routes})
+    router = Router(routing, np.eye(len(examples_of(routing)), 4, dtype=np.float32),
+                    plan(RouterConfig.model_validate(args), "gpu").llms)
+    assert router.chain("code", explicit=False, tools=True) == ["code", "general"]  # math cannot call tools
+    assert router.chain("code", explicit=False, tools=False) == ["code", "math", "general"]
+
+
+def test_the_cpu_fallback_says_which_setting_to_change(router_args, routing_args):
+    args = {**router_args, "cpu_fallback": {**router_args["cpu_fallback"], "tool_calling": None}}
+    routing = RoutingConfig.model_validate(routing_args)
+    router = Router(routing, np.eye(len(examples_of(routing)), 4, dtype=np.float32),
+                    plan(RouterConfig.model_validate(args), "cpu").llms)
+    with pytest.raises(OpenAIError, match="Set cpu_fallback.tool_calling"):
+        router.chain("math", explicit=True, tools=True)
+
+
+def test_each_route_carries_its_defaults(router_args, routing_args):
+    router = _router(router_args, routing_args)
+    assert router.defaults["math"].system_prompt and router.defaults["code"].system_prompt is None

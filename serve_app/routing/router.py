@@ -37,6 +37,7 @@ class Router:
         self.policy = RoutingPolicy({r.name: config.threshold if r.threshold is None else r.threshold for r in routes},
                                     config.default_route)
         self.targets = {r.name: llms[r.llm] for r in routes}
+        self.defaults = {r.name: r.defaults for r in routes}
         # Route names win; a model id several routes share means the default route if it is one of them.
         self._aliases: dict[str, str] = {}
         for route in sorted(self.targets, key=lambda r: r != config.default_route):
@@ -60,17 +61,32 @@ class Router:
             return RoutingDecision(self.default_route, "no_text")
         return self.policy.decide(*self.candidates(texts, embeddings))
 
-    def chain(self, route: str, explicit: bool) -> list[str]:
+    def chain(self, route: str, explicit: bool, tools: bool = False) -> list[str]:
         """The routes to try for a request, in order: its own, then its fallbacks, one per LLM deployment.
 
-        A request that named its model stays with it unless the routing block says otherwise.
+        A request that named its model stays with it unless the routing block says otherwise; a request with
+        tools only falls back to models that can call them.
         """
+        self.require_tools(route, tools)
         tried, chain = set(), []
         for name in [route, *([] if explicit and not self.config.fallback_explicit else self.config.fallbacks(route))]:
-            if self.targets[name].llm not in tried:  # the same deployment failing twice tells nothing new
-                tried.add(self.targets[name].llm)
+            target = self.targets[name]
+            # The same deployment failing twice tells nothing new.
+            if target.llm not in tried and (target.tools or not tools):
+                tried.add(target.llm)
                 chain.append(name)
         return chain
+
+    def require_tools(self, route: str, tools: bool) -> None:
+        """A request with tools may only go to a route whose model has tool calling configured."""
+        target = self.targets[route]
+        if tools and not target.tools:
+            where = "cpu_fallback.tool_calling" if target.cpu_fallback else f"tool_calling of llms entry {target.llm!r}"
+            raise OpenAIError(
+                400, f"Route {route!r} answers with {target.served_model}, which has no tool calling configured, so it "
+                f"cannot answer a request with tools. Set {where} in the Serve config (parser, and chat_template if "
+                "the model's own renders no tools), or send tool_choice: none.",
+                code="tools_not_supported", param="tools")
 
     def explicit_route(self, model: str) -> str:
         """The route a request that names ``model`` goes to, without classification."""

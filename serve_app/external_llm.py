@@ -1,0 +1,143 @@
+"""An LLM that already runs elsewhere: an OpenAI-compatible endpoint, called over HTTP by the ingress.
+
+It speaks the same contract as an in-cluster deployment (serve_app/llm_protocol.py), so timeouts,
+fallback and statistics treat both alike. One pooled ``httpx.AsyncClient`` per ingress replica carries
+every external call (keep-alive connections, never a client per request). Streams are relayed event by
+event as they arrive. The endpoint's own errors reach the client with its status, OpenAI-style; those
+that are the operator's to fix (a wrong key, a wrong model id) become a 502, and the request falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from serve_app.errors import OpenAIError
+from serve_app.llm_protocol import LLMOverloaded, LLMRequest, LLMUnavailable
+from serve_app.plan import LLMPlan
+
+PATHS = {"chat": "/chat/completions", "completion": "/completions", "responses": "/responses"}
+# The router's waits (request_timeout_s) bound the answer; these bound what no answer can come without.
+TIMEOUT = httpx.Timeout(None, connect=10.0, write=30.0)
+LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=60.0)
+OPERATOR_ERRORS = (401, 403, 404)  # the router's key or the configured model id: not the client's doing
+
+
+def http_pool() -> httpx.AsyncClient:
+    """The one HTTP client an ingress replica shares across its external LLMs."""
+    return httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
+
+
+def api_key(llm: LLMPlan, environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """The key named by ``api_key_env``; a name that is not set fails the replica's start, saying which."""
+    if llm.api_key_env is None:
+        return None
+    key = environ.get(llm.api_key_env)
+    if not key:
+        raise RuntimeError(f"llm {llm.llm!r} reads its API key from ${llm.api_key_env}, which is not set in the "
+                           "Ingress replicas' environment (export it before `serve run`, or set it in the "
+                           "application's runtime_env on a cluster)")
+    return key
+
+
+class ExternalLLM:
+    def __init__(self, pool: httpx.AsyncClient, llm: LLMPlan, key: str | None) -> None:
+        self._pool = pool
+        self._llm = llm
+        self._headers = {"authorization": f"Bearer {key}"} if key else {}
+
+    def complete(self, request: LLMRequest) -> asyncio.Task[dict[str, Any]]:
+        """A task to await for the whole answer's JSON body; ``.cancel()`` closes the connection's request."""
+        return asyncio.ensure_future(self._complete(request))
+
+    def stream(self, request: LLMRequest) -> ExternalStream:
+        return ExternalStream(self._events(request))
+
+    async def _complete(self, request: LLMRequest) -> dict[str, Any]:
+        try:
+            response = await self._pool.post(self._url(request), json=request.body, headers=self._headers)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        if not response.is_success:
+            raise self._upstream_error(response.status_code, response.content)
+        try:
+            return response.json()
+        except ValueError:
+            raise OpenAIError(502, f"The {self._llm.llm} endpoint answered with a body that is not JSON.",
+                              code="upstream_error") from None
+
+    async def _events(self, request: LLMRequest) -> AsyncIterator[str]:
+        """The endpoint's server-sent events, one whole event (``data: ...`` and a blank line) at a time."""
+        try:
+            async with self._pool.stream("POST", self._url(request), json=request.body,
+                                         headers=self._headers) as response:
+                if not response.is_success:
+                    raise self._upstream_error(response.status_code, await response.aread())
+                event: list[str] = []
+                async for line in response.aiter_lines():
+                    if line:
+                        event.append(line)
+                    elif event:
+                        yield "\n".join(event) + "\n\n"
+                        event = []
+                if event:
+                    yield "\n".join(event) + "\n\n"
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+
+    def _url(self, request: LLMRequest) -> str:
+        return self._llm.endpoint + PATHS[request.endpoint]
+
+    def _transport_error(self, exc: httpx.TransportError) -> Exception:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return LLMUnavailable(f"{self._llm.endpoint}: {type(exc).__name__}")
+        return OpenAIError(502, f"The {self._llm.llm} endpoint broke off ({type(exc).__name__}).",
+                           code="upstream_error")
+
+    def _upstream_error(self, status: int, content: bytes) -> Exception:
+        message, code, param, kind = _error_fields(content)
+        if status == 429:
+            return LLMOverloaded(message)
+        if status in OPERATOR_ERRORS or status < 400:
+            return OpenAIError(502, f"The {self._llm.llm} endpoint refused the router's request ({status}: "
+                               f"{message}); check its endpoint, model and api_key_env.", code="upstream_error")
+        return OpenAIError(status, message or f"The {self._llm.llm} endpoint answered {status}.",
+                           code=code, param=param, type=kind)
+
+
+class ExternalStream:
+    """An endpoint's stream as the ingress iterates it; ``cancel()`` closes the HTTP response."""
+
+    def __init__(self, events: AsyncIterator[str]) -> None:
+        self._events = events
+
+    def __aiter__(self) -> ExternalStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._events.__anext__()
+
+    def cancel(self) -> None:
+        try:
+            asyncio.ensure_future(self._events.aclose())
+        except RuntimeError:  # no running loop: the generator is collected with the request
+            pass
+
+
+def _error_fields(content: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """The message, code, param and type of an OpenAI-style error body, or its text."""
+    try:
+        error = json.loads(content).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        code = error.get("code")
+        return (str(error.get("message") or ""), str(code) if code is not None else None,
+                error.get("param") if isinstance(error.get("param"), str) else None,
+                error.get("type") if isinstance(error.get("type"), str) else None)
+    return content.decode("utf-8", "replace")[:500].strip(), None, None, None
