@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger("serve_app.embedded")
@@ -61,31 +62,38 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def smollm2_hf_dir() -> Path:
-    """Return a Hugging Face folder of SmolLM2-135M-Instruct, converting the packaged GGUF on first use.
+def build_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """``target``, made by ``build(folder)`` the first time: a cache folder is built once, whoever asks.
 
-    Several replicas may start at once: a file lock lets one convert while the others wait.
+    Several replicas may start at once: a file lock lets one build while the others wait, and the folder
+    appears whole (an atomic rename) once ``marker`` is in it, so a half-written one is never used.
     """
-    target = cache_dir() / SMOLLM2
-    if (target / "config.json").exists():
+    if (target / marker).exists():
         return target
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():
+        if (target / marker).exists():  # another replica made it while this one waited
             return target
-        gguf = smollm2_gguf()
-        logger.info("Converting %s to a Hugging Face folder at %s (once, about a minute)", gguf.name, target)
-        _convert_gguf(gguf, target)
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        build(tmp)
+        tmp.rename(target)
     return target
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+def smollm2_hf_dir() -> Path:
+    """Return a Hugging Face folder of SmolLM2-135M-Instruct, converting the packaged GGUF on first use."""
+    return build_once(cache_dir() / SMOLLM2, "config.json", _convert_gguf)
+
+
+def _convert_gguf(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    gguf = smollm2_gguf()
+    logger.info("Converting %s to a Hugging Face folder in %s (once, about a minute)", gguf.name, cache_dir())
     # transformers shows its own progress bar while it dequantizes the GGUF tensors.
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -93,9 +101,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    tmp.rename(target)  # atomic: a half-written folder is never mistaken for a finished one
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
 
 
 def resolve_llm(model: str) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serve_app.embedded import EMBEDDED_PREFIX, cache_dir
+from serve_app.embedded import EMBEDDED_PREFIX, build_once, cache_dir
 
 logger = logging.getLogger("serve_app.encoder")
 
@@ -59,15 +59,8 @@ def exported(model: str, source: Path, variant: str, load_st: Callable[[dict[str
         return target
     # Each variant is made from the previous one, outside this variant's lock.
     previous = exported(model, source, VARIANTS[VARIANTS.index(variant) - 1], load_st) if variant != VARIANTS[0] else None
-    from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "meta.json").exists():  # another replica made it while this one waited
-            return target
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    def build(tmp: Path) -> None:
         logger.info("Exporting the classifier model %s as %s to %s (once, a few seconds)", model, variant, target)
         started = time.perf_counter()
         if previous is None:
@@ -76,9 +69,9 @@ def exported(model: str, source: Path, variant: str, load_st: Callable[[dict[str
             _fuse(previous, tmp)
         else:
             _quantize(previous, tmp)
-        tmp.rename(target)
         logger.info("Exported %s in %.1f s", variant, time.perf_counter() - started)
-    return target
+
+    return build_once(target, "meta.json", build)
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -117,11 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     configured = (app.get("args") or {}).get("accelerator", "auto")
     accelerator = args.accelerator or ("cpu" if configured == "cpu" else "gpu")
     print(format_views(describe(app, accelerator), accelerator))
-    externals = [llm for llm in plan(RouterConfig.model_validate(app.get("args") or {}), accelerator).llms.values()
-                 if llm.external]
-    for llm in externals:  # no deployment, no resources: the ingress calls them
-        print(f"external llm {llm.llm}: {llm.served_model} at {llm.endpoint}"
-              + (f" (key from ${llm.api_key_env})" if llm.api_key_env else ""))
+    for llm in RouterConfig.model_validate(app.get("args") or {}).llms:
+        if llm.external:  # no deployment, no resources: the ingress calls it
+            print(f"external llm {llm.name}: {llm.model} at {llm.endpoint}"
+                  + (f" (key from ${llm.api_key_env})" if llm.api_key_env else ""))
     return 0
 
 

@@ -34,16 +34,17 @@ class ChatMessage(BaseModel):
     content: StrictStr | list[Any] | None = None
 
 
-class _ChatRequest(_Routed):
+class _WithTools(_Routed):
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+
+
+class _ChatRequest(_WithTools):
     messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
 
 
-class _ResponsesRequest(_Routed):
+class _ResponsesRequest(_WithTools):
     input: StrictStr | list[Any] = Field(min_length=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
 
 
 class _CompletionRequest(_Routed):
