@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_classifier.py --part in_process      # no Ray, no server (~5 min)
     .venv/bin/python bench/bench_classifier.py --part deployment      # `serve run` once per configuration
     .venv/bin/python bench/bench_classifier.py --part deployment --config onnx:0   # one configuration again
+    .venv/bin/python bench/bench_classifier.py --part deployment --config onnx:0:threads --config onnx:0 --repeat 2
+                                            # Serve's default threading against the router's, A/B/A/B
 
 In process, every backend runs in processes of its own, so no runtime's threads compete with another's:
 torch; onnx and openvino as this CPU runs them (int8 with VNNI, bf16 with bf16 units) and as a CPU without
@@ -205,7 +207,7 @@ def chat(client, text: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def through_deployment(backend: str, wait_s: float, texts: list[str]) -> dict:
+def through_deployment(backend: str, wait_s: float, texts: list[str], env: dict[str, str]) -> dict:
     import httpx
     import yaml
 
@@ -218,7 +220,7 @@ def through_deployment(backend: str, wait_s: float, texts: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        with serve_run(path) as running, httpx.Client(base_url=running.base_url, timeout=120) as client:
+        with serve_run(path, env=env) as running, httpx.Client(base_url=running.base_url, timeout=120) as client:
             for text in texts[:5]:  # warm-up: every engine's first request
                 chat(client, text)
             sequential = [chat(client, t) for t in (texts * 2)[:SEQUENTIAL]]
@@ -244,6 +246,11 @@ def through_deployment(backend: str, wait_s: float, texts: list[str]) -> dict:
                            "requests_per_s": round(CONCURRENT_REQUESTS / wall, 1),
                            "request_ms": _rounded(concurrent_ms), "inside_replica_ms": _rounded(inside_concurrent),
                            "classifier_ms_over_both_runs": after_concurrent}}
+
+
+def _parse_config(text: str) -> tuple[str, float, bool]:
+    backend, wait_ms, *threads = text.split(":")
+    return backend, float(wait_ms) / 1000, threads == ["threads"]
 
 
 def _rounded(samples: list[float]) -> dict[str, float] | None:
@@ -272,9 +279,11 @@ def versions() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("in_process", "deployment", "both"), default="both")
-    parser.add_argument("--config", action="append", metavar="BACKEND:WAIT_MS",
+    parser.add_argument("--config", action="append", metavar="BACKEND:WAIT_MS[:threads]",
                         help="deployment configurations to measure (default: " +
                         " ".join(f"{b}:{w * 1000:g}" for b, w in DEPLOYMENT_CONFIGS) + ")")
+    parser.add_argument("--repeat", type=int, default=1, help="measure the deployment configurations this many "
+                        "times over, alternating (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="in-process rounds (default: %(default)s)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "eval" / "dev.jsonl"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "classifier.json"))
@@ -287,6 +296,7 @@ def main() -> None:
 
     from serve_app.cpu_features import cpu_info
     from serve_app.encoder import choose_backend, installed
+    from serve_app.plan import SERVE_FAST_PATH_ENV, serve_fast_path_env
 
     cpu = cpu_info()
     out = Path(args.out)
@@ -308,12 +318,19 @@ def main() -> None:
         result["in_process"] = in_process(args.data, args.rounds)
         save()
     if args.part in ("deployment", "both"):
-        configs = [(c.split(":")[0], float(c.split(":")[1]) / 1000) for c in args.config or []] or DEPLOYMENT_CONFIGS
-        for backend, wait_s in configs:
+        configs = [_parse_config(c) for c in args.config or []] or [(b, w, False) for b, w in DEPLOYMENT_CONFIGS]
+        for run, (backend, wait_s, serve_threads) in enumerate(configs * args.repeat):
             if backend != "torch" and not installed(backend):
                 continue
-            row = through_deployment(backend, wait_s, short)
-            result.setdefault("deployment", {})[f"{backend}, batch wait {wait_s * 1000:g} ms"] = row
+            # The router's small deployments run on the replica loop (serve_app/plan.py) unless the environment of
+            # `serve run` says otherwise: ":threads" measures Serve's default threading, for comparison.
+            env = serve_fast_path_env({k: "1" for k in SERVE_FAST_PATH_ENV} if serve_threads else {})
+            row = through_deployment(backend, wait_s, short, env) | {"serve_env": env}
+            threads = "Serve's threads" if serve_threads else "the replica loop"
+            key = f"{backend}, batch wait {wait_s * 1000:g} ms, {threads}"
+            if args.repeat > 1:  # alternating repeats: A/B pairs on a noisy machine
+                key += f", run {run // len(configs) + 1}"
+            result.setdefault("deployment", {})[key] = row
             print(json.dumps(row), file=sys.stderr, flush=True)
             save()
     print(json.dumps(result, indent=2))

