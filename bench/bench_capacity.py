@@ -42,7 +42,6 @@ import ast
 import asyncio
 import copy
 import hashlib
-import importlib.metadata
 import itertools
 import json
 import math
@@ -68,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The repo root first: tests/ lives there, and the config is checked by the serve_app that `serve run` (started
 # from the repo root) will import, not by another checkout's installed in the venv.
 sys.path.insert(0, str(ROOT))
-from bench_autoscaling import machine  # a sibling script: bench/ is on the path when run as documented
+from facts import machine, version_of  # a sibling module: bench/ is on the path when run as documented
 
 from serve_app.config import deployment_name
 from serve_app.config_file import app_config, application_index, load_yaml
@@ -400,13 +399,8 @@ def measure(name: str, start: Callable[[], Any], backends: dict[str, Stub], quer
 # ---- facts and summary -------------------------------------------------------------------------------------
 
 def facts() -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
     return {**machine(), "platform": platform.platform(), "python": platform.python_version(),
-            "versions": {p: version(p) for p in PACKAGES}, "project_commit": git_head(ROOT)}
+            "versions": {p: version_of(p) for p in PACKAGES}, "project_commit": git_head(ROOT)}
 
 
 def git_head(folder: Path) -> str | None:

@@ -40,19 +40,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repo root holds serve_app/ and tests/
+from facts import versions  # noqa: E402  (a sibling module: bench/ is on the path)
 
 MODEL = "embedded:all-MiniLM-L6-v2"
 SHORT_CHARS = 300  # "short": a one-line question, up to about 64 tokens
 N_SHORT = 200
 BATCH = 32
 LONG_TOKENS = 128
+PACKAGES = ("torch", "sentence-transformers", "transformers", "tokenizers", "onnxruntime", "onnx", "openvino", "ray")
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 # In-process variants: the backend, and the CPU flags it runs as if it lacked (an older CPU's precision).
 VARIANTS = {"torch": ("torch", ()), "onnx": ("onnx", ()), "onnx-fp32": ("onnx", ("INT8",)),
@@ -265,17 +266,6 @@ def _replica_logs(ray_tmp: str) -> list[str]:
     return lines
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("torch", "sentence-transformers", "transformers", "tokenizers", "onnxruntime", "onnx", "openvino",
-                    "ray"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("in_process", "deployment", "both"), default="both")
@@ -304,7 +294,7 @@ def main() -> None:
     result.update({"date": time.strftime("%Y-%m-%d"),
                    "machine": {"cpu": cpu.model, "isa": cpu.isa, "flags": [f for f in FLAGS if f in cpu.flags],
                                "cpus": os.cpu_count(), "load_average_before": os.getloadavg()},
-                   "versions": versions(),
+                   "versions": {"python": platform.python_version()} | versions(PACKAGES),
                    "auto_choice": choose_backend(cpu, [b for b in ("onnx", "openvino") if installed(b)])})
     short, long = dev_texts(args.data)
 

