@@ -29,12 +29,13 @@ from pathlib import Path
 import httpx
 import yaml
 
-from serve_app.config import deployment_name
-from serve_app.config_file import app_config, application_index, routing_block
+from serve_app.config.file import app_config, application_index, routing_block
+from serve_app.config.schema import deployment_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root holds tests/
 from facts import machine, version_of  # noqa: E402  (a sibling module: bench/ is on the path)
-from tests.local_serve import LocalServe, auth_token, serve_run  # noqa: E402
+
+from harness.local_serve import LocalServe, auth_token, serve_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "http://127.0.0.1:8000"

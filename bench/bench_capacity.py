@@ -1,6 +1,6 @@
 """Router capacity side by side with kvcached's example router, and what `model: auto` adds to the first byte.
 
-Both routers stand in front of the same instant OpenAI-compatible stubs (tests/openai_stub.py, one per
+Both routers stand in front of the same instant OpenAI-compatible stubs (harness/openai_stub.py, one per
 LLM entry of serve_config.yaml, on loopback), so what is measured is the router alone: requests per second
 and latency p50/p99 at 1, 8, 32 and 128 clients, non-streamed chat completions with real queries from the
 development set (code, math and general mixed). Our router then gets the overhead test: the same streamed
@@ -67,16 +67,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # The repo root first: tests/ lives there, and the config is checked by the serve_app that `serve run` (started
 # from the repo root) will import, not by another checkout's installed in the venv.
 sys.path.insert(0, str(ROOT))
-from facts import machine, version_of  # a sibling module: bench/ is on the path when run as documented
+from facts import machine, version_of  # noqa: E402  (a sibling module: bench/ is on the path when run as documented)
 
-from serve_app.config import deployment_name
-from serve_app.config_file import app_config, application_index, load_yaml
-from serve_app.embedded import MINILM, minilm_path
-from serve_app.labelled import load_labelled
-from tests.local_serve import StartupError, serve_run
+from harness.local_serve import StartupError, serve_run  # noqa: E402
+from serve_app.config.file import app_config, application_index, load_yaml  # noqa: E402
+from serve_app.config.schema import deployment_name  # noqa: E402
+from serve_app.embedded import MINILM, minilm_path  # noqa: E402
+from serve_app.tools.labelled import load_labelled  # noqa: E402
 
 BASE = "http://127.0.0.1:8000"
-QUERIES = ROOT.parent / "shared" / "eval" / "dev.jsonl"  # the development set, as the tests find it
+QUERIES = ROOT / "data" / "dev.jsonl"  # the development set, as the tests find it
 CLIENTS = (1, 8, 32, 128)
 OVERHEAD_CLIENTS = (1, 8)
 MAX_TOKENS = 8  # the stubs answer at once whatever the length; a short answer keeps the relay out of the measure
@@ -144,7 +144,7 @@ def stubs(names: list[str], scratch: Path) -> Iterator[dict[str, Stub]]:
         found = {}
         for name in names:
             port = free_port()
-            cmd = [sys.executable, "-m", "tests.openai_stub", "--port", str(port), "--model", f"stub-{name}"]
+            cmd = [sys.executable, "-m", "harness.openai_stub", "--port", str(port), "--model", f"stub-{name}"]
             proc = stack.enter_context(process(cmd, f"http://127.0.0.1:{port}/v1/models", scratch / f"stub-{name}.log"))
             found[name] = Stub(port, proc)
         yield found
@@ -439,7 +439,8 @@ def print_table(result: dict[str, Any]) -> None:
     print("\n" + f"{'clients':>7}" + "".join(
         f" | {name + ' req/s':>14} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'dist':>4}" for name in names))
     for clients in result["settings"]["clients"]:
-        cells = [f"{lv['req_s']:>14} {lv['p50_ms']!s:>8} {lv['p99_ms']!s:>8} {lv['errors']:>4} {lv['disturbance']:>4.0%}"
+        cells = [f"{lv['req_s']:>14} {lv['p50_ms']!s:>8} {lv['p99_ms']!s:>8} {lv['errors']:>4} "
+                 f"{lv['disturbance']:>4.0%}"
                  if (lv := rows[name].get(clients)) else f"{'-':>14} {'-':>8} {'-':>8} {'-':>4} {'-':>4}"
                  for name in names]
         print(f"{clients:>7}" + "".join(f" | {cell}" for cell in cells))
@@ -454,7 +455,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kvcached-router", type=Path, help="kvcached's examples/09_semantic_router/semantic_router.py")
+    parser.add_argument("--kvcached-router", type=Path,
+                        help="kvcached's examples/09_semantic_router/semantic_router.py")
     parser.add_argument("--kvcached-python", default=sys.executable, help="interpreter that runs kvcached's example")
     parser.add_argument("--routers", nargs="+", choices=ROUTERS, default=list(ROUTERS),
                         help="direct: the stub alone, what the load generator can measure on this machine")
@@ -477,7 +479,7 @@ def main() -> None:
                      "overhead_pairs": args.pairs, "retries": args.retries,
                      "disturbed_above": DISTURBED, "overhead_clients": list(OVERHEAD_CLIENTS), "max_tokens": MAX_TOKENS,
                      "queries": str(args.queries), "query_labels": dict(Counter(q.label for q in queries)),
-                     "backends": "tests/openai_stub.py, one process per LLM entry, loopback"}}
+                     "backends": "harness/openai_stub.py, one process per LLM entry, loopback"}}
     shipped = load_yaml(ROOT / "serve_config.yaml")
     names = [llm["name"] for llm in shipped["applications"][application_index(shipped)]["args"]["llms"]]
     with tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp, stubs(names, Path(tmp)) as backends:

@@ -72,7 +72,7 @@ def dev_texts(data: str) -> tuple[list[str], list[str]]:
     from tokenizers import Tokenizer
 
     from serve_app.embedded import minilm_path
-    from serve_app.labelled import load_labelled
+    from serve_app.tools.labelled import load_labelled
 
     texts = [item.texts[0] for item in load_labelled(data)]
     tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
@@ -101,8 +101,8 @@ def cpu_ms(fn) -> float:
 
 
 def load_variant(variant: str, max_seq_length: int = 128):
-    from serve_app.cpu_features import BF16_FLAGS, INT8_FLAGS, cpu_info
-    from serve_app.encoder import load_encoder
+    from serve_app.routing.cpu_features import BF16_FLAGS, INT8_FLAGS, cpu_info
+    from serve_app.routing.encoder import load_encoder
 
     backend, lacking = VARIANTS[variant]
     flags = frozenset().union(*({"INT8": INT8_FLAGS, "BF16": BF16_FLAGS | {"amx_bf16"}}[f] for f in lacking))
@@ -116,11 +116,11 @@ def child(variant: str, data: str, cold: bool) -> dict:
     out = {"name": encoder.name, "load_s": time.perf_counter() - started}
     if cold:
         return out
-    from serve_app.accuracy import classification_scores
-    from serve_app.config_file import load_app_config
-    from serve_app.encoder import embed_queries
-    from serve_app.eval import InProcessRouter
-    from serve_app.labelled import load_labelled
+    from serve_app.config.file import load_app_config
+    from serve_app.routing.encoder import embed_queries
+    from serve_app.tools.accuracy import classification_scores
+    from serve_app.tools.eval import InProcessRouter
+    from serve_app.tools.labelled import load_labelled
 
     short, long = dev_texts(data)
     config = load_app_config(ROOT / "serve_config.yaml")
@@ -165,8 +165,8 @@ def run_child(variant: str, data: str, cache: str, cold: bool) -> dict:
 
 
 def variants() -> list[str]:
-    from serve_app.cpu_features import cpu_info
-    from serve_app.encoder import installed
+    from serve_app.routing.cpu_features import cpu_info
+    from serve_app.routing.encoder import installed
 
     cpu = cpu_info()
     out = ["torch"]
@@ -212,7 +212,7 @@ def through_deployment(backend: str, wait_s: float, texts: list[str], env: dict[
     import httpx
     import yaml
 
-    from tests.local_serve import serve_run
+    from harness.local_serve import serve_run
 
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = config["applications"][0]
@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="measure the deployment configurations this many "
                         "times over, alternating (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="in-process rounds (default: %(default)s)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "eval" / "dev.jsonl"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "dev.jsonl"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "classifier.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
@@ -284,9 +284,9 @@ def main() -> None:
         print(json.dumps(child(args.child, args.data, args.cold)))
         return
 
-    from serve_app.cpu_features import cpu_info
-    from serve_app.encoder import choose_backend, installed
-    from serve_app.plan import SERVE_FAST_PATH_ENV, serve_fast_path_env
+    from serve_app.config.graph import SERVE_FAST_PATH_ENV, serve_fast_path_env
+    from serve_app.routing.cpu_features import cpu_info
+    from serve_app.routing.encoder import choose_backend, installed
 
     cpu = cpu_info()
     out = Path(args.out)
@@ -312,7 +312,8 @@ def main() -> None:
         for run, (backend, wait_s, serve_threads) in enumerate(configs * args.repeat):
             if backend != "torch" and not installed(backend):
                 continue
-            # The router's small deployments run on the replica loop (serve_app/plan.py) unless the environment of
+            # The router's small deployments run on the replica loop (serve_app/config/graph.py) unless the
+            # environment of
             # `serve run` says otherwise: ":threads" measures Serve's default threading, for comparison.
             env = serve_fast_path_env({k: "1" for k in SERVE_FAST_PATH_ENV} if serve_threads else {})
             row = through_deployment(backend, wait_s, short, env) | {"serve_env": env}

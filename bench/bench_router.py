@@ -23,7 +23,7 @@ import openai
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root holds tests/
-from tests.local_serve import serve_run  # noqa: E402
+from harness.local_serve import serve_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = {"code": "Write a Python function to sort a list", "math": "Solve the integral of x^2 dx",

@@ -32,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repo root holds tests/ and serve_app/
 from facts import machine, versions  # noqa: E402  (a sibling module: bench/ is on the path)
-from serve_app.llm_protocol import LLMRequest  # noqa: E402
+
+from serve_app.llm.protocol import LLMRequest  # noqa: E402
 
 PROMPTS = ["Tell me a long story about a lighthouse keeper.", "Describe a walk through an old city in spring.",
            "Write a long letter to a friend about your summer.", "Tell me about the history of bread."]

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: serve_app
-from serve_app.cpu_features import cpu_info  # noqa: E402
+from serve_app.routing.cpu_features import cpu_info  # noqa: E402
 
 
 def machine() -> dict:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serve_app.config import ClassifierBatching, ClassifierConfig
-from serve_app.encoder import embed_queries, encode, load_encoder
-from serve_app.live_config import LiveConfig
+from serve_app.config.live import LiveConfig
+from serve_app.config.schema import ClassifierBatching, ClassifierConfig
+from serve_app.routing.encoder import embed_queries, encode, load_encoder
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,7 +29,7 @@ class Classifier:
         await self.reconfigure({})  # the defaults, until (and unless) the Serve config sets a user_config
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        # A refused update is logged and the batching in use stays (serve_app/live_config.py).
+        # A refused update is logged and the batching in use stays (serve_app/config/live.py).
         await self.live.apply(user_config, self._apply)
 
     async def _apply(self, batching: ClassifierBatching) -> ClassifierBatching:

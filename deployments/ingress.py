@@ -1,46 +1,44 @@
 """Ingress deployment: the OpenAI-compatible HTTP front door, and the one owner of the routing block.
 
-request -> parse (serve_app/requests.py) -> embed (Classifier) -> decide (serve_app/routing/router.py)
--> LLM deployment (serve_app/llm_protocol.py) -> response. Streams are relayed chunk by chunk as the
-engine produces them; errors leave as OpenAI-style JSON with the right status, never as a traceback.
+A thin shell over pure code: HTTP in -> check the key and parse (serve_app/api) -> embed (the Classifier
+deployment) and decide (serve_app/routing) -> dispatch down the route's chain (serve_app/dispatch) -> the
+LLM (serve_app/llm) -> respond. Streams are relayed chunk by chunk as the engine produces them; errors leave
+as OpenAI-style JSON with the right status, never as a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from functools import partial
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import TaskCancelledError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api_keys import ApiKeys
-from serve_app.config import RoutingConfig
-from serve_app.errors import OpenAIError, status_phrase
-from serve_app.external_llm import ExternalLLM, api_key, http_pool
-from serve_app.live_config import LiveConfig
-from serve_app.llm_protocol import DeploymentLLM, LLMClient, LLMOverloaded, LLMRequest, LLMUnavailable
-from serve_app.plan import LLMPlan
-from serve_app.request_stats import RequestRecord, RoutingStats
-from serve_app.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
-from serve_app.route_defaults import apply_defaults
+from serve_app.api.errors import OpenAIError, status_phrase
+from serve_app.api.keys import ApiKeys
+from serve_app.api.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
+from serve_app.config.live import LiveConfig
+from serve_app.config.schema import RoutingConfig
+from serve_app.dispatch.dispatch import Answer, Dispatcher, ms_since
+from serve_app.dispatch.routes import RouteTable
+from serve_app.dispatch.stats import RequestRecord, RoutingStats
+from serve_app.llm.external import ExternalLLM, api_key, http_pool
+from serve_app.llm.plan import LLMPlan
+from serve_app.llm.protocol import DeploymentLLM, LLMClient
+from serve_app.routing.decider import Decider, examples_of
 from serve_app.routing.policy import RoutingDecision
-from serve_app.routing.router import Router, examples_of
 
 logger = logging.getLogger("ray.serve")
 
 STATS_REPORT_S = 1.0  # how stale another ingress replica's requests may be in /stats
-T = TypeVar("T")
 
 app = FastAPI(title="semantic-router", description="One OpenAI endpoint, routed by meaning to a mixture of LLMs.")
 
@@ -68,55 +66,16 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
 
 
 # Helpers stay above the class: @serve.ingress pickles the class by value, with the globals it sees.
-def _routing_headers(route: str, decision: RoutingDecision, target: LLMPlan) -> dict[str, str]:
-    """Which route answered (after any fallback), what answered it, and why the request was routed as it was."""
-    headers = {"x-router-category": route, "x-router-model": target.served_model,
-               "x-router-reason": decision.reason}
-    if decision.score is not None:
-        headers["x-router-score"] = f"{decision.score:.4f}"
-    return headers
+@dataclass(frozen=True)
+class Routing:
+    """One routing block, compiled: swapped in one assignment, so a request sees exactly one block."""
 
+    decider: Decider
+    table: RouteTable
 
-def _failure(exc: BaseException, route: str) -> tuple[str | None, OpenAIError]:
-    """Why a route's model did not answer (None: the request itself is wrong) and what a client would be told."""
-    if isinstance(exc, OpenAIError):  # the LLM's own answer (Ray wraps it in RayTaskError: take the fields)
-        error = OpenAIError(exc.status, exc.message, code=exc.code, param=exc.param, type=exc.type)
-        return (None if error.status < 500 else "error"), error
-    if isinstance(exc, (BackPressureError, LLMOverloaded)):
-        return "overloaded", OpenAIError(503, f"The {route} model is at capacity; retry shortly.", code="overloaded")
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout", OpenAIError(504, f"The {route} model did not answer in time.", code="timeout")
-    if isinstance(exc, (ActorDiedError, ActorUnavailableError, LLMUnavailable)):
-        logger.warning("The %s model is unreachable: %s", route, type(exc).__name__)
-        return "unavailable", OpenAIError(503, f"The {route} model's replica is unavailable; retry shortly.",
-                                          code="upstream_error")
-    logger.error("The %s model failed: %r", route, exc)
-    return "error", OpenAIError(500, f"The {route} model failed to answer ({type(exc).__name__}).",
-                                code="upstream_error")
-
-
-def _no_answer(failed: list[tuple[str, str]], errors: list[OpenAIError], retry_after_s: int) -> OpenAIError:
-    """What a client is told when no model of its chain answered: 429 if capacity was the problem."""
-    if any(cause == "overloaded" for _, cause in failed):
-        routes = ", ".join(route for route, _ in failed)
-        return OpenAIError(429, f"Every model that could answer this request is at capacity ({routes}); retry after "
-                           f"{retry_after_s}s.", code="overloaded")
-    return errors[0]
-
-
-def _stream_error(endpoint: Endpoint, error: OpenAIError) -> str:
-    """The last event of a stream that failed after its first chunk, in the endpoint's own stream format."""
-    if endpoint == "responses":
-        event = {"type": "error", "code": error.code, "message": error.message, "param": error.param}
-        return f"event: error\ndata: {json.dumps(event)}\n\n"
-    return f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
-
-
-def _fallback_headers(failed: list[tuple[str, str]]) -> dict[str, str]:
-    if not failed:
-        return {}
-    return {"x-router-fallback": ",".join(route for route, _ in failed),
-            "x-router-fallback-cause": ",".join(cause for _, cause in failed)}
+    @property
+    def config(self) -> RoutingConfig:
+        return self.table.config
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -134,14 +93,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
+def _response(answer: Answer) -> Response:
+    if answer.stream is not None:
+        return StreamingResponse(answer.stream, media_type="text/event-stream", headers=answer.headers)
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-async def _within(awaitable: Awaitable[T], timeout_s: float, response: Any) -> T:
-    """Await a deployment's answer for at most ``timeout_s``; on a timeout or a cancelled request, stop its work."""
+async def _within(response: Any, timeout_s: float) -> Any:
+    """A deployment's answer within ``timeout_s``; on a timeout or a cancelled request, stop its work."""
     try:
-        return await asyncio.wait_for(awaitable, timeout_s)
+        return await asyncio.wait_for(response, timeout_s)
     except BaseException:
         response.cancel()
         raise
@@ -159,7 +120,7 @@ class Ingress:
         self.clients |= {name: ExternalLLM(self.http, llm, api_key(llm)) for name, llm in llm_plans.items()
                          if llm.external}
         self.llm_plans = llm_plans
-        self.router: Router | None = None
+        self.routing: Routing | None = None
         self.live = LiveConfig("Ingress", RoutingConfig, "routing block")
         self.stats = RoutingStats()
         self.stats_sink = stats
@@ -184,21 +145,23 @@ class Ingress:
         self.rejections = Counter("router_rejections", "429s: every model that could answer was at capacity.",
                                   tag_keys=("route",))
         self.api_keys = ApiKeys.from_env()
+        self.dispatcher = Dispatcher(self.clients, self._record)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         # The routing block changes on a live deployment (serve deploy) without restarting anything; a request
-        # in flight keeps the router it started with.
-        router = await self.live.apply(user_config, self._build_router)
-        self.updates.inc(tags={"result": "refused" if router is None else "applied"})
-        if router is not None:
-            self.router = router
+        # in flight keeps the routing it started with.
+        routing = await self.live.apply(user_config, self._compile)
+        self.updates.inc(tags={"result": "refused" if routing is None else "applied"})
+        if routing is not None:
+            self.routing = routing
 
-    async def _build_router(self, routing: RoutingConfig) -> Router:
+    async def _compile(self, config: RoutingConfig) -> Routing:
+        table = RouteTable(config, self.llm_plans)  # first: a route naming an unknown LLM is refused cheaply
         try:
-            embeddings = await self.classifier.embed_examples.remote(examples_of(routing))
+            embeddings = await self.classifier.embed_examples.remote(examples_of(config))
         except Exception as exc:  # an update the classifier cannot embed now is refused, not fatal
             raise ValueError(f"the classifier could not embed the examples ({type(exc).__name__})") from None
-        return Router(routing, embeddings, self.llm_plans)
+        return Routing(Decider(config, embeddings), table)
 
     def check_health(self) -> None:
         self.live.require("set the Ingress deployment's user_config in the Serve config (see serve_config.yaml)")
@@ -220,34 +183,19 @@ class Ingress:
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self.api_keys.check(request.headers.get("authorization"))
-        return {"object": "list", "data": self._model_cards()}
+        return {"object": "list", "data": self.routing.table.model_cards()}
 
     @app.get("/v1/models/{model:path}")
     async def model(self, request: Request, model: str) -> dict[str, Any]:
-        """One model by any name a request may use: ``auto``, a route, or a route's served model id."""
         self.api_keys.check(request.headers.get("authorization"))
-        cards = {card["id"]: card for card in self._model_cards()}
-        return cards.get(model) or cards[self.router.explicit_route(model)]  # explicit_route 404s the unknown
-
-    def _model_cards(self) -> list[dict[str, Any]]:
-        now = int(time.time())
-        cards = [{"id": AUTO_MODEL, "object": "model", "created": now, "owned_by": "semantic-router",
-                  "description": "Routes each request by its content to one of the models below."}]
-        for route, t in self.router.targets.items():
-            cards.append({
-                "id": route, "object": "model", "created": now, "owned_by": "semantic-router",
-                "root": t.served_model, "served_by": t.served_model, "configured_model": t.configured_model,
-                "backend": "external" if t.external else "vllm", "endpoint": t.endpoint,
-                "deployment": t.deployment, "cpu_fallback": t.cpu_fallback, "tools": t.tools,
-            })
-        return cards
+        return self.routing.table.model_card(model)
 
     @app.get("/stats")
     async def stats(self, request: Request) -> dict[str, Any]:
         self.api_keys.check(request.headers.get("authorization"))
         try:
             await self._report_stats()  # this replica's requests are counted up to now
-            return await self.stats_sink.snapshot.remote(list(self.router.targets))
+            return await self.stats_sink.snapshot.remote(list(self.routing.table.targets))
         except Exception as exc:
             raise OpenAIError(503, f"Statistics are unavailable right now ({type(exc).__name__}); requests are "
                               "served as usual.", code="stats_unavailable") from None
@@ -267,111 +215,39 @@ class Ingress:
 
     async def _route(self, endpoint: Endpoint, request: Request) -> Response:
         started = time.perf_counter()
-        router = self.router  # one router for the whole request, even if a routing update lands meanwhile
+        routing = self.routing  # one routing block for the whole request, even if an update lands meanwhile
         try:
             self.api_keys.check(request.headers.get("authorization"))
-            body = parse_json_body(await _read_body(request, router.config.max_request_bytes))
-            parsed = parse_request(endpoint, body, router.config.context_turns)
+            body = parse_json_body(await _read_body(request, routing.config.max_request_bytes))
+            parsed = parse_request(endpoint, body, routing.config.context_turns)
             if parsed.model in (None, AUTO_MODEL):
-                decision, classify_ms = await self._classify(router, parsed.routing_texts)
+                decision, classify_ms = await self._classify(routing, parsed.routing_texts)
             else:
-                decision, classify_ms = RoutingDecision(router.explicit_route(parsed.model), "explicit"), None
+                decision, classify_ms = RoutingDecision(routing.table.explicit_route(parsed.model), "explicit"), None
         except OpenAIError as exc:
-            self._record(RequestRecord(None, "rejected", exc.status, _ms_since(started)))
+            self._record(RequestRecord(None, "rejected", exc.status, ms_since(started)))
             raise
-        try:
-            chain = router.chain(decision.route, explicit=decision.reason == "explicit", tools=parsed.tools)
-        except OpenAIError as exc:  # tools sent to a route whose model cannot call them
-            self._finish(decision.route, decision, started, classify_ms, [], exc.status)
-            return JSONResponse(exc.body(), status_code=exc.status,
-                                headers=_routing_headers(decision.route, decision, router.targets[decision.route]))
-        # The decided route first, then its fallbacks, until a model answers (streams: its first chunk).
-        failed: list[tuple[str, str]] = []
-        errors: list[OpenAIError] = []
-        for route in chain:
-            target = router.targets[route]
-            record = partial(self._finish, route, decision, started, classify_ms, failed)
-            headers = {**_routing_headers(route, decision, target), **_fallback_headers(failed)}
-            # The answering route's defaults, applied to what the client sent (not to a failed route's version).
-            sent = apply_defaults(endpoint, parsed.body, router.defaults[route])
-            llm_request = LLMRequest(endpoint, {**sent, "model": target.served_model}, parsed.stream)
-            try:
-                first, chunks = await self._first_reply(target, llm_request, router.config.request_timeout_s)
-            except asyncio.CancelledError:
-                record(499)  # the client went away before the first token
-                raise
-            except Exception as exc:
-                cause, error = _failure(exc, route)
-                if cause is None:  # the request itself is wrong: another model would refuse it too
-                    record(error.status)
-                    return JSONResponse(error.body(), status_code=error.status, headers=headers)
-                failed.append((route, cause))
-                errors.append(error)
-                continue
-            if not parsed.stream:
-                record(200)
-                return JSONResponse(first, headers=headers)
-            record = partial(record, first_token_ms=_ms_since(started), stream=True)
-            return StreamingResponse(self._relay(endpoint, first, chunks, route, record),
-                                     media_type="text/event-stream", headers=headers)
-        error = _no_answer(failed, errors, router.config.retry_after_s)
-        headers = {**_routing_headers(decision.route, decision, router.targets[decision.route]),
-                   **_fallback_headers(failed)}
-        if error.status == 429:
-            headers["retry-after"] = str(router.config.retry_after_s)
-        self._finish(decision.route, decision, started, classify_ms, failed, error.status)
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        answer = await self.dispatcher.answer(routing.table, decision, endpoint, parsed, started, classify_ms)
+        return _response(answer)
 
-    async def _first_reply(self, target: LLMPlan, request: LLMRequest, timeout_s: float) -> tuple[Any, Any]:
-        """The whole answer, or a stream's first chunk and the stream; raises what kept the model from answering."""
-        client = self.clients[target.llm]
-        if request.stream:
-            chunks = client.stream(request)
-            return await _within(chunks.__anext__(), timeout_s, chunks), chunks
-        response = client.complete(request)
-        return await _within(response, timeout_s, response), None
-
-    async def _classify(self, router: Router, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
+    async def _classify(self, routing: Routing, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
         if not texts:
-            return RoutingDecision(router.default_route, "no_text"), None
+            return RoutingDecision(routing.decider.default_route, "no_text"), None
         started = time.perf_counter()
-        response = self.classifier.embed.remote(texts)
         try:
-            embeddings = await _within(response, router.config.classifier_timeout_s, response)
+            embeddings = await _within(self.classifier.embed.remote(texts), routing.config.classifier_timeout_s)
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)
-            return RoutingDecision(router.default_route, "classifier_error"), None
-        ms = _ms_since(started)
-        decision = router.decide(texts, embeddings)
+            return RoutingDecision(routing.decider.default_route, "classifier_error"), None
+        ms = ms_since(started)
+        decision = routing.decider.decide(texts, embeddings)
         self.classify_latency.observe(ms)
         if decision.score is not None:
             self.classify_score.observe(decision.score, tags={"route": decision.route})
         return decision, ms
 
-    async def _relay(self, endpoint: Endpoint, first: str, chunks: Any, route: str, record: Any) -> AsyncIterator[str]:
-        status = 200
-        try:
-            yield first
-            async for chunk in chunks:
-                yield chunk
-        except asyncio.CancelledError:
-            status = 499  # the client went away: stop generating for it
-            raise
-        except Exception as exc:  # after the first token the status is sent: end the stream with an error event
-            status = (error := _failure(exc, route)[1]).status
-            yield _stream_error(endpoint, error)
-        finally:
-            chunks.cancel()
-            record(status)
-
     # ---- statistics ------------------------------------------------------------------------------
-
-    def _finish(self, route: str, decision: RoutingDecision, started: float, classify_ms: float | None,
-                failed: list[tuple[str, str]], status: int, first_token_ms: float | None = None,
-                stream: bool = False) -> None:
-        self._record(RequestRecord(route, decision.reason, status, _ms_since(started), classify_ms, first_token_ms,
-                                   stream, tuple(failed)))
 
     def _record(self, r: RequestRecord) -> None:
         """The one place a request is recorded: Prometheus metrics and this replica's /stats share it."""

@@ -10,11 +10,12 @@ from typing import Any
 
 from ray import serve
 
-from serve_app import kvcached
+from serve_app.api.errors import OpenAIError
 from serve_app.embedded import resolve_llm
-from serve_app.llm_protocol import LLMRequest, coalesce_ready
-from serve_app.plan import LLMPlan
-from serve_app.vllm_engine import VLLMEngine
+from serve_app.llm import kvcached
+from serve_app.llm.plan import LLMPlan
+from serve_app.llm.protocol import LLMRequest, coalesce_ready
+from serve_app.llm.vllm_engine import VLLMEngine
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,13 +41,22 @@ class VLLMServer:
         self.engine = VLLMEngine(model, served, llm.engine_args)
         await self.engine.start()
 
-    async def complete(self, request: LLMRequest) -> dict[str, Any]:
-        return await self.engine.complete(request)
-
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        # Events that pile up while many streams keep this replica busy cross the handle together.
-        async for events in coalesce_ready(self.engine.stream(request)):
-            yield events
+    async def generate(self, request: LLMRequest) -> AsyncIterator[dict[str, Any] | str | OpenAIError]:
+        """The protocol's one call (serve_app/llm/protocol.py): a whole answer is the only item of its stream."""
+        try:
+            if not request.stream:
+                yield await self.engine.complete(request)
+                return
+            # Events that pile up while many streams keep this replica busy cross the handle together.
+            async for events in coalesce_ready(self.engine.stream(request)):
+                yield events
+        except OpenAIError as exc:
+            if exc.status >= 500:
+                raise
+            # The client's mistake crosses as a value: raised, Serve would log it as a failed request (an ERROR
+            # with a traceback), and operators page on those.
+            logger.info("Refused a request: %d %s", exc.status, exc.message)
+            yield exc
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.request_stats import RoutingStats
+from serve_app.dispatch.stats import RoutingStats
 
 
 @serve.deployment(num_replicas=1)

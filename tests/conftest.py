@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "http://127.0.0.1:8000"
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 EXTERNAL_EXAMPLE = ROOT / "examples" / "external.yaml"
-DEV_SET = ROOT.parent / "shared" / "eval" / "dev.jsonl"
+DEV_SET = ROOT / "data" / "dev.jsonl"
 
 # The mixed graph (examples/external.yaml): its external endpoint, and the keys it is started with.
 UPSTREAM = "http://127.0.0.1:9100"
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _serve(name: str, path: Path, **kwargs):
-    from tests.local_serve import LocalServe, StartupError, serve_run
+    from harness.local_serve import LocalServe, StartupError, serve_run
 
     if os.environ.get("ROUTER_TEST_RUNNING_GRAPH") == name:
         # While developing: test against a graph you started yourself (only the base URL is known).
@@ -70,14 +70,14 @@ def router_args(serve_config) -> dict:
 @pytest.fixture(scope="session")
 def routing_args(serve_config) -> dict:
     """The routing block: the user_config the Ingress and Classifier deployments share (RoutingConfig)."""
-    from serve_app.config_file import routing_block
+    from serve_app.config.file import routing_block
 
     return routing_block(serve_config["applications"][0])
 
 
 @pytest.fixture(scope="session")
 def app_config(serve_config):
-    from serve_app.config_file import app_config
+    from serve_app.config.file import app_config
 
     return app_config(serve_config)
 
@@ -85,7 +85,7 @@ def app_config(serve_config):
 @pytest.fixture(scope="session")
 def encoder(app_config):
     """The shipped embedding model as the config loads it (backend, max_seq_length), once for every test."""
-    from serve_app.encoder import load_encoder
+    from serve_app.routing.encoder import load_encoder
 
     c = app_config.router.classifier
     return load_encoder(c.model, c.backend, c.max_seq_length)
@@ -102,7 +102,7 @@ def graph():
 
 
 class Upstream:
-    """The external endpoint of examples/external.yaml: tests/openai_stub.py, a real server on loopback."""
+    """The external endpoint of examples/external.yaml: harness/openai_stub.py, a real server on loopback."""
 
     url = UPSTREAM
 
@@ -110,7 +110,7 @@ class Upstream:
         self.server: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.server = subprocess.Popen([sys.executable, "-m", "tests.openai_stub", "--port", UPSTREAM.rsplit(":")[-1],
+        self.server = subprocess.Popen([sys.executable, "-m", "harness.openai_stub", "--port", UPSTREAM.rsplit(":")[-1],
                                         "--model", "coder-large", "--api-key", UPSTREAM_KEY], cwd=ROOT)
         deadline = time.monotonic() + 60
         while True:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from serve_app.api_keys import ApiKeys
-from serve_app.errors import OpenAIError
+from serve_app.api.errors import OpenAIError
+from serve_app.api.keys import ApiKeys
 
 
 def _refused(keys: ApiKeys, header: str | None) -> OpenAIError:
@@ -42,7 +42,7 @@ def test_inline_keys_need_a_bearer_header(monkeypatch):
 
 
 def test_the_key_file_rotates_without_a_restart(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr("serve_app.api_keys._RECHECK_FILE_S", 0)
+    monkeypatch.setattr("serve_app.api.keys._RECHECK_FILE_S", 0)
     path = tmp_path / "keys"
     path.write_text("# operators\nsk-old\n\nsk-ops  # on-call\n")
     keys = ApiKeys(keys_file=str(path))

@@ -8,12 +8,12 @@ import re
 import pytest
 import yaml
 
-from serve_app import calibrate as cal
-from serve_app.calibrate import Candidates
-from serve_app.config import AppConfig
-from serve_app.config_file import load_app_config, routing_block
-from serve_app.eval import InProcessRouter
-from serve_app.labelled import load_labelled
+from serve_app.config.file import load_app_config, routing_block
+from serve_app.config.schema import AppConfig
+from serve_app.tools import calibrate as cal
+from serve_app.tools.calibrate import Candidates
+from serve_app.tools.eval import InProcessRouter
+from serve_app.tools.labelled import load_labelled
 from tests.conftest import SERVE_CONFIG
 
 ITEMS = [
@@ -97,7 +97,7 @@ def _ingress_block(text: str) -> dict:
 
 def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
         router_args, encoder, data_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("serve_app.eval.load_encoder", lambda *args: encoder)
+    monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args: encoder)
     text = SERVE_CONFIG.read_text()
     # Start from routes without thresholds of their own (so --write must add them) and a top_k to change.
     text = re.sub(r"\n +threshold: [0-9.]+\n", "\n", text)

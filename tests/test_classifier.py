@@ -8,15 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from serve_app.accuracy import classification_scores
-from serve_app.config import AppConfig
-from serve_app.encoder import ClassifierLoadError, embed_queries, encode, load_encoder
-from serve_app.eval import InProcessRouter
-from serve_app.labelled import load_labelled
-from serve_app.requests import parse_request
+from serve_app.api.requests import parse_request
+from serve_app.config.schema import AppConfig
+from serve_app.routing.encoder import ClassifierLoadError, embed_queries, encode, load_encoder
+from serve_app.tools.accuracy import classification_scores
+from serve_app.tools.eval import InProcessRouter
+from serve_app.tools.labelled import load_labelled
 from tests.conftest import DEV_SET
 
-# Floors on the held-out half of the development set (serve_app.labelled.part_of; the thresholds and
+# Floors on the held-out half of the development set (serve_app.tools.labelled.part_of; the thresholds and
 # top_k were fitted on the other half). Measured 0.975 macro-F1 and a lowest class recall of 0.963;
 # the floors leave room for encoder/library drift, not for a worse router.
 DEV_HOLDOUT_MACRO_F1_FLOOR = 0.96
@@ -36,7 +36,7 @@ def classifier(app_config, encoder) -> InProcessRouter:
 def test_seed_examples(classifier, text, route):
     decision = classifier.classify((text,))
     assert decision.route == route and decision.reason == "classified"
-    scores = classifier.router.candidates((text,), classifier.embed([(text,)])[0])[0][0]
+    scores = classifier.decider.candidates((text,), classifier.embed([(text,)])[0])[0][0]
     assert decision.score == max(scores.values()) == scores[route]
 
 
@@ -106,4 +106,4 @@ def test_a_new_category_needs_only_config(router_args, routing_args, encoder):
         "What is 12% of 250?", "Write a polite email asking for a refund")]
     assert [d.route for d in routed] == ["creative"] * 3 + ["code", "math", "general"]
     assert all(d.reason == "classified" for d in routed)
-    assert classifier.router.index.route_names == ["code", "math", "general", "creative"]
+    assert classifier.decider.index.route_names == ["code", "math", "general", "creative"]

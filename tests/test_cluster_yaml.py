@@ -9,7 +9,7 @@ import yaml
 from jsonschema import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from serve_app.placement import describe
+from serve_app.tools.placement import describe
 from tests.conftest import ROOT
 
 

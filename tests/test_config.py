@@ -8,10 +8,10 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig, RouterConfig, RoutingConfig
-from serve_app.config_check import check
-from serve_app.errors import describe_error
-from serve_app.live_config import fingerprint
+from serve_app.api.errors import describe_error
+from serve_app.config.live import fingerprint
+from serve_app.config.schema import AppConfig, RouterConfig, RoutingConfig
+from serve_app.tools.config_check import check
 
 
 def _error(data: dict, model: type = RouterConfig) -> str:
@@ -111,10 +111,12 @@ def test_each_setting_has_one_home(serve_config):
     app = serve_config["applications"][0]
     deployments = {d["name"]: d for d in app["deployments"]}
     # Routing (timeouts included) is the Ingress's alone; batching is the Classifier's; Serve's options are Serve's.
-    assert "routes" in deployments["Ingress"]["user_config"] and "request_timeout_s" in deployments["Ingress"]["user_config"]
+    ingress = deployments["Ingress"]["user_config"]
+    assert "routes" in ingress and "request_timeout_s" in ingress
     assert set(deployments["Classifier"]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
     assert "request_timeout_s" not in app["args"] and "max_batch_size" not in app["args"]["classifier"]
-    assert deployments["Classifier"]["max_ongoing_requests"] >= deployments["Classifier"]["user_config"]["max_batch_size"]
+    classifier = deployments["Classifier"]
+    assert classifier["max_ongoing_requests"] >= classifier["user_config"]["max_batch_size"]
 
 
 @pytest.mark.parametrize("where, key, value, message", [

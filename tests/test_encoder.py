@@ -10,13 +10,20 @@ import threading
 import numpy as np
 import pytest
 
-from serve_app import eval as eval_cli
-from serve_app.accuracy import classification_scores
-from serve_app.config import DEFAULT_MAX_SEQ_LENGTH
-from serve_app.cpu_features import BF16_FLAGS, INT8_FLAGS, CPUInfo, cpu_info
-from serve_app.encoder import ClassifierLoadError, Encoder, choose_backend, embed_queries, installed, load_encoder
-from serve_app.eval import InProcessRouter
-from serve_app.labelled import load_labelled
+from serve_app.config.schema import DEFAULT_MAX_SEQ_LENGTH
+from serve_app.routing.cpu_features import BF16_FLAGS, INT8_FLAGS, CPUInfo, cpu_info
+from serve_app.routing.encoder import (
+    ClassifierLoadError,
+    Encoder,
+    choose_backend,
+    embed_queries,
+    installed,
+    load_encoder,
+)
+from serve_app.tools import eval as eval_cli
+from serve_app.tools.accuracy import classification_scores
+from serve_app.tools.eval import InProcessRouter
+from serve_app.tools.labelled import load_labelled
 from tests.conftest import DEV_SET, SERVE_CONFIG
 
 MODEL = "embedded:all-MiniLM-L6-v2"
@@ -57,10 +64,11 @@ def dev_items(app_config):
 
 def dev_macro_f1(app_config, encoder: Encoder, items) -> float:
     """The dev set routed with ``encoder``: every item's texts embedded in one call, then the ingress's Router."""
-    router = InProcessRouter.from_config(app_config, encoder).router
+    router = InProcessRouter.from_config(app_config, encoder).decider
     predicted = [router.decide(item.texts, vectors).route
                  for item, vectors in zip(items, embed_queries(encoder, [i.texts for i in items]))]
-    return classification_scores([i.label for i in items], predicted, [r.name for r in app_config.routing.routes]).macro_f1
+    routes = [r.name for r in app_config.routing.routes]
+    return classification_scores([i.label for i in items], predicted, routes).macro_f1
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +135,7 @@ def test_tokenizer_reads_texts_as_sentence_transformers(queries):
 
 def test_auto_logs_its_choice_and_why(caplog):
     cpu = cpu_info()
-    with caplog.at_level(logging.INFO, logger="serve_app.encoder"):
+    with caplog.at_level(logging.INFO, logger="serve_app.routing.encoder"):
         encoder = load_encoder(MODEL, "auto")
     lines = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
     chosen, why = choose_backend(cpu, {b for b in ("onnx", "openvino") if installed(b)})
@@ -136,7 +144,7 @@ def test_auto_logs_its_choice_and_why(caplog):
 
 
 def test_a_cuda_device_means_torch(caplog):
-    with caplog.at_level(logging.INFO, logger="serve_app.encoder"):
+    with caplog.at_level(logging.INFO, logger="serve_app.routing.encoder"):
         try:
             load_encoder(MODEL, "auto", device="cuda")  # loads on a GPU machine; on a CPU one it fails after choosing
         except ClassifierLoadError:
@@ -151,7 +159,8 @@ def _cpu(*flags: str) -> CPUInfo:
 
 
 @pytest.mark.parametrize("cpu, available, chosen", [
-    (_cpu("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"), {"onnx", "openvino"}, "openvino"),
+    (_cpu("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"), {"onnx", "openvino"},
+     "openvino"),
     (_cpu("avx512f", "avx512_bf16", "amx_bf16"), {"onnx"}, "onnx"),
     (_cpu("avx512f", "avx512_bf16", "avx512_vnni"), {"onnx", "openvino"}, "onnx"),  # this CPU (AMD EPYC)
     (_cpu("avx2", "avx_vnni"), {"onnx", "openvino"}, "onnx"),
@@ -174,7 +183,7 @@ def test_export_is_made_once_and_reused(export_cache, encoders, caplog):
     models = sorted(export_cache.glob("encoders/*/*/model.onnx"))
     assert {m.parent.name for m in models} >= {"onnx-fp32", "onnx-fp32-fused"}
     mtimes = [m.stat().st_mtime_ns for m in models]
-    with caplog.at_level(logging.INFO, logger="serve_app.encoder"):
+    with caplog.at_level(logging.INFO, logger="serve_app.routing.encoder"):
         for variant in VARIANTS:
             load_variant(variant)
     assert "Exporting" not in caplog.text
@@ -189,7 +198,7 @@ def test_replicas_starting_together_export_once(tmp_path, monkeypatch, caplog):
     def start() -> None:  # a thread that fails adds no name
         names.append(load_encoder(MODEL, "onnx").name)
 
-    with caplog.at_level(logging.INFO, logger="serve_app.encoder"):
+    with caplog.at_level(logging.INFO, logger="serve_app.routing.encoder"):
         threads = [threading.Thread(target=start) for _ in range(3)]
         for t in threads:
             t.start()

@@ -26,11 +26,11 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.config import RoutingConfig
-from serve_app.config_file import routing_block
-from serve_app.live_config import fingerprint
+from harness.local_serve import LocalServe, auth_token, serve_deploy
+from serve_app.config.file import routing_block
+from serve_app.config.live import fingerprint
+from serve_app.config.schema import RoutingConfig
 from tests.conftest import SERVE_CONFIG
-from tests.local_serve import LocalServe, auth_token, serve_deploy
 
 pytestmark = pytest.mark.cluster
 
@@ -243,8 +243,9 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
 
         def ask(n: int) -> httpx.Response:
             # Answers long enough (tens of seconds here) that no slot frees while the named requests below probe.
+            # Half streamed, half whole: both share the one queue the Ingress has per LLM.
             return _chat(graph.base_url, f"Write a Python function that reverses a list of {n} strings",
-                         max_tokens=160, ignore_eos=True)
+                         max_tokens=160, ignore_eos=True, stream=n % 2 == 0)
 
         first_429 = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(30) as pool:
@@ -266,6 +267,9 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
               f"429s for the named model after {', '.join(f'{t * 1000:.0f}' for _, t in named)} ms")
         assert len(by_code) + len(spilled) + len(rejected) == 30
         assert by_code and spilled and rejected
+        # One queue per LLM: llm-code takes max_ongoing_requests + max_queued_requests (2 + 2), not that again
+        # for streams (a handle per kind of answer would have queued 2 more); likewise general's spillover.
+        assert len(by_code) <= 4 and len(spilled) <= 4
         assert all(r.headers["x-router-category"] == "general" and r.headers["x-router-fallback"] == "code"
                    and r.headers["x-router-fallback-cause"] == "overloaded" for r in spilled)
         for r in [*rejected, *(r for r, _ in named)]:

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from serve_app import eval as eval_cli
-from serve_app.accuracy import classification_scores
-from serve_app.eval import InProcessRouter
-from serve_app.labelled import LabelledDataError, load_labelled, part_of
+from serve_app.tools import eval as eval_cli
+from serve_app.tools.accuracy import classification_scores
+from serve_app.tools.eval import InProcessRouter
+from serve_app.tools.labelled import LabelledDataError, load_labelled, part_of
 from tests.conftest import DEV_SET, SERVE_CONFIG
 
 ITEMS = [
@@ -40,7 +40,7 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def shared_encoder(monkeypatch, encoder):
-    monkeypatch.setattr("serve_app.eval.load_encoder", lambda *args: encoder)
+    monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args: encoder)
     return encoder
 
 

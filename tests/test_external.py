@@ -1,7 +1,7 @@
 """End to end: a mixture of an in-cluster vLLM model and an external OpenAI-compatible endpoint.
 
 `serve run examples/external.yaml` (tests/conftest.py `mixed_graph`): general is a vLLM deployment on
-this CPU, code is a real HTTP server on loopback (tests/openai_stub.py, which records what it was sent).
+this CPU, code is a real HTTP server on loopback (harness/openai_stub.py, which records what it was sent).
 Proves the external path end to end with the official `openai` client: routing, the model id and key
 sent upstream, route defaults, one pooled connection, streams relayed event by event, upstream errors
 passed back OpenAI-style, and fallback to the in-cluster model when the endpoint fails, is full or is gone.

@@ -1,4 +1,4 @@
-"""The external-endpoint client against a real OpenAI-compatible server on loopback (tests/openai_stub.py).
+"""The external-endpoint client against a real OpenAI-compatible server on loopback (harness/openai_stub.py).
 
 No cluster: the client the ingress uses, over real HTTP, with a pooled connection, streams, upstream
 errors and a dead endpoint. The end-to-end path through a running router is in tests/test_external.py.
@@ -15,11 +15,12 @@ import time
 import pytest
 import uvicorn
 
-from serve_app.errors import OpenAIError
-from serve_app.external_llm import ExternalLLM, api_key, http_pool
-from serve_app.llm_protocol import LLMOverloaded, LLMRequest, LLMUnavailable
-from serve_app.plan import LLMPlan
-from tests.openai_stub import create_app
+from harness.openai_stub import create_app
+from serve_app.api.errors import OpenAIError
+from serve_app.dispatch.dispatch import first_item
+from serve_app.llm.external import ExternalLLM, api_key, http_pool
+from serve_app.llm.plan import LLMPlan
+from serve_app.llm.protocol import LLMOverloaded, LLMRequest, LLMUnavailable
 
 KEY = "sk-upstream-test"
 CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -67,7 +68,7 @@ def test_whole_answers_reuse_one_pooled_connection(stub):
     state.fail_status, state.delay_s = None, 0
 
     async def work(llm):
-        return [await llm.complete(LLMRequest("chat", CHAT, False)) for _ in range(10)]
+        return [await llm.generate(LLMRequest("chat", CHAT, False)).__anext__() for _ in range(10)]
 
     before = len(state.peers)
     answers = _run(_with_client(base, KEY, work))
@@ -81,7 +82,7 @@ def test_streams_come_event_by_event(stub):
     state.fail_status, state.delay_s = None, 0
 
     async def work(llm):
-        return [event async for event in llm.stream(LLMRequest("chat", {**CHAT, "stream": True}, True))]
+        return [event async for event in llm.generate(LLMRequest("chat", {**CHAT, "stream": True}, True))]
 
     events = _run(_with_client(base, KEY, work))
     assert events[-1] == "data: [DONE]\n\n"
@@ -101,9 +102,9 @@ def test_upstream_errors_keep_their_status(stub, status, raised, cause):
 
     async def work(llm):
         with pytest.raises(raised) as whole:
-            await llm.complete(LLMRequest("chat", CHAT, False))
+            await llm.generate(LLMRequest("chat", CHAT, False)).__anext__()
         with pytest.raises(raised) as streamed:
-            await llm.stream(LLMRequest("chat", {**CHAT, "stream": True}, True)).__anext__()
+            await llm.generate(LLMRequest("chat", {**CHAT, "stream": True}, True)).__anext__()
         return whole.value, streamed.value
 
     try:
@@ -120,7 +121,7 @@ def test_a_wrong_key_is_the_operators_problem_not_the_clients(stub):
 
     async def work(llm):
         with pytest.raises(OpenAIError) as caught:
-            await llm.complete(LLMRequest("chat", CHAT, False))
+            await llm.generate(LLMRequest("chat", CHAT, False)).__anext__()
         return caught.value
 
     error = _run(_with_client(base, "sk-wrong", work))
@@ -130,9 +131,9 @@ def test_a_wrong_key_is_the_operators_problem_not_the_clients(stub):
 def test_a_dead_endpoint_is_unavailable():
     async def work(llm):
         with pytest.raises(LLMUnavailable):
-            await llm.complete(LLMRequest("chat", CHAT, False))
+            await llm.generate(LLMRequest("chat", CHAT, False)).__anext__()
         with pytest.raises(LLMUnavailable):
-            await llm.stream(LLMRequest("chat", {**CHAT, "stream": True}, True)).__anext__()
+            await llm.generate(LLMRequest("chat", {**CHAT, "stream": True}, True)).__anext__()
 
     _run(_with_client(f"http://127.0.0.1:{_free_port()}", None, work))
 
@@ -142,10 +143,12 @@ def test_cancel_stops_a_slow_answer(stub):
     state.fail_status, state.delay_s = None, 5
 
     async def work(llm):
-        reply = llm.complete(LLMRequest("chat", CHAT, False))
+        reply = llm.generate(LLMRequest("chat", CHAT, False))
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(reply, 0.3)
-        return reply.cancelled()
+            await first_item(reply, 0.3)  # as the ingress waits: on a timeout it cancels the reply
+        with pytest.raises(StopAsyncIteration):  # the request was abandoned, its connection's request closed
+            await reply.__anext__()
+        return True
 
     try:
         assert _run(_with_client(base, KEY, work))

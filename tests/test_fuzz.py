@@ -245,8 +245,8 @@ CONTENT_TYPES = [None, "application/json", "text/plain", "application/x-www-form
                  "multipart/form-data; boundary=x", "application/json; charset=latin-1", "application/octet-stream"]
 raw_cases = st.tuples(
     st.sampled_from(["POST"] * 9 + ["GET", "PUT", "DELETE"]),
-    st.sampled_from([CHAT] * 4 + [COMPLETIONS] * 3 + [RESPONSES] * 2 + ["/v1/models", "/v1/embeddings", "/stats", f"{CHAT}/",
-                                                      "/v1/../v1/models"]),
+    st.sampled_from([CHAT] * 4 + [COMPLETIONS] * 3 + [RESPONSES] * 2 + [
+        "/v1/models", "/v1/embeddings", "/stats", f"{CHAT}/", "/v1/../v1/models"]),
     raw_contents, st.sampled_from(CONTENT_TYPES),
 )
 

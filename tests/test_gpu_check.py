@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from serve_app import kvcached
+from serve_app.llm import kvcached
 from tests.conftest import ROOT
 
 

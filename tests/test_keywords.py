@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import RouteConfig, RoutingConfig
-from serve_app.errors import describe_error
+from serve_app.api.errors import describe_error
+from serve_app.config.schema import RouteConfig, RoutingConfig
 from serve_app.routing.keywords import KeywordHits, KeywordMatcher, compile_pattern
 from serve_app.routing.policy import RoutingPolicy
 

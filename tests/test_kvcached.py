@@ -7,10 +7,10 @@ import re
 import pytest
 from ray.serve._private.utils import get_random_string
 
-from serve_app import kvcached
-from serve_app.config import RouterConfig
-from serve_app.kvcached import KvcachedUnavailableError, RuntimeProbe
-from serve_app.plan import plan
+from serve_app.config.graph import plan
+from serve_app.config.schema import RouterConfig
+from serve_app.llm import kvcached
+from serve_app.llm.kvcached import KvcachedUnavailableError, RuntimeProbe
 
 READY = RuntimeProbe(kvcached_installed=True, autopatch_hook=True, gpu_available=True)
 

@@ -6,21 +6,20 @@ import asyncio
 import copy
 import logging
 
-import numpy as np
 import pytest
 
-from serve_app.config import ClassifierBatching, RouterConfig, RoutingConfig
-from serve_app.live_config import ConfigUpdateError, LiveConfig
-from serve_app.plan import plan
-from serve_app.routing.router import Router, examples_of
+from serve_app.config.graph import plan
+from serve_app.config.live import ConfigUpdateError, LiveConfig
+from serve_app.config.schema import ClassifierBatching, RouterConfig, RoutingConfig
+from serve_app.dispatch.routes import RouteTable
 
 
 @pytest.fixture(scope="module")
 def build(router_args):
     llms = plan(RouterConfig.model_validate(router_args), "cpu").llms
 
-    async def router(routing: RoutingConfig) -> Router:  # as the Ingress builds one, minus the classifier hop
-        return Router(routing, np.eye(len(examples_of(routing)), 4, dtype=np.float32), llms)
+    async def router(routing: RoutingConfig) -> RouteTable:  # as the Ingress compiles one, minus the classifier hop
+        return RouteTable(routing, llms)
 
     return router
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.config_file import routing_block
+from harness.local_serve import auth_token, serve_deploy
+from serve_app.config.file import routing_block
 from tests.conftest import BASE, SERVE_CONFIG
-from tests.local_serve import auth_token, serve_deploy
 
 pytestmark = pytest.mark.cluster
 

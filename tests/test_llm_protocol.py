@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from serve_app.errors import OpenAIError
-from serve_app.llm_protocol import coalesce_ready
+from serve_app.api.errors import OpenAIError
+from serve_app.llm.protocol import coalesce_ready
 
 
 async def _events(n: int, pause_s: float = 0.0, fail_after: int | None = None):

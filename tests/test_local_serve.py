@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.local_serve import _stop, _wait_port_free
+from harness.local_serve import _stop, _wait_port_free
 
 LISTENER = textwrap.dedent("""
     import socket, subprocess, sys, time

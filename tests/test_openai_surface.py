@@ -103,7 +103,8 @@ def test_tool_results_and_parallel_calls_in_the_history_are_rendered_and_not_cla
              {"id": "call_2", "type": "function", "function": {"name": "get_time",
                                                                "arguments": json.dumps({"city": "Paris"})}}]
     messages = [*QUESTION, {"role": "assistant", "content": None, "tool_calls": calls},
-                {"role": "tool", "tool_call_id": "call_1", "content": "```json\n{\"temp_c\": 18, \"sky\": \"sunny\"}\n```"},
+                {"role": "tool", "tool_call_id": "call_1",
+                 "content": "```json\n{\"temp_c\": 18, \"sky\": \"sunny\"}\n```"},
                 {"role": "tool", "tool_call_id": "call_2", "content": "```\n14:05\n```"}]
     raw = client.chat.completions.with_raw_response.create(model="auto", messages=messages, tools=[WEATHER, TIME],
                                                            max_tokens=24, temperature=0)

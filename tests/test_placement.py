@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from serve_app import kvcached
-from serve_app.config import RouterConfig
-from serve_app.placement import describe, main
-from serve_app.plan import CLASSIFIER, GIB, SERVE_FAST_PATH_ENV, plan, resolve_accelerator
+from serve_app.config.graph import CLASSIFIER, GIB, SERVE_FAST_PATH_ENV, plan, resolve_accelerator
+from serve_app.config.schema import RouterConfig
+from serve_app.llm import kvcached
+from serve_app.tools.placement import describe, main
 
 LLMS = ("llm-code", "llm-math", "llm-general")
 KVCACHED_ENV = {"ENABLE_KVCACHED": "true", "KVCACHED_AUTOPATCH": "1", "KVCACHED_CONTIGUOUS_LAYOUT": "false",
@@ -31,7 +31,8 @@ def test_gpu_plan_uses_configured_models_and_fractions(router_args):
     assert code.model == "deepseek-ai/deepseek-coder-1.3b-instruct"
     assert code.engine_args["max_model_len"] == 4096
     assert p.ray_actor_options[CLASSIFIER]["num_gpus"] == 0.1
-    gpus = sum(a.get("num_gpus", 0) for a in [*p.ray_actor_options.values(), *(t.ray_actor_options for t in p.llms.values())])
+    actors = [*p.ray_actor_options.values(), *(t.ray_actor_options for t in p.llms.values())]
+    gpus = sum(a.get("num_gpus", 0) for a in actors)
     assert gpus <= 1.0  # the whole graph shares one GPU
     assert not any(t.cpu_fallback for t in p.llms.values())
 
@@ -131,7 +132,7 @@ def test_without_kvcached_each_engine_reserves_its_ray_share(router_args):
 
 
 def test_cpu_fallback_ignores_kvcached_and_says_so(router_args, caplog):
-    with caplog.at_level(logging.INFO, logger="serve_app.placement"):
+    with caplog.at_level(logging.INFO, logger="serve_app.tools.placement"):
         p = plan(RouterConfig.model_validate(router_args), "cpu")
     assert "kvcached is GPU-only" in caplog.text
     for engine in p.llms.values():
@@ -153,7 +154,7 @@ def test_tool_calling_reaches_the_engine_where_configured(router_args):
 
 
 def test_shipped_chat_template_is_found_by_name():
-    from serve_app.vllm_engine import chat_template_path
+    from serve_app.llm.vllm_engine import chat_template_path
 
     path = chat_template_path("chatml_tools")
     assert path.endswith("chatml_tools.jinja") and "<tool_call>" in open(path).read()

@@ -9,7 +9,7 @@ import pytest
 import ray
 import yaml
 
-from serve_app.config_check import check
+from serve_app.tools.config_check import check
 from tests.conftest import ROOT, SERVE_CONFIG
 
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"

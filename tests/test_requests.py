@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from serve_app.errors import OpenAIError
-from serve_app.requests import parse_json_body, parse_request
+from serve_app.api.errors import OpenAIError
+from serve_app.api.requests import parse_json_body, parse_request
 
 
 def _err(fn, *args) -> OpenAIError:

@@ -7,8 +7,8 @@ import copy
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import RouteDefaults, RoutingConfig
-from serve_app.route_defaults import apply_defaults
+from serve_app.config.schema import RouteDefaults, RoutingConfig
+from serve_app.dispatch.defaults import apply_defaults
 
 CHAT = {"messages": [{"role": "user", "content": "What is 2 + 2?"}]}
 PROMPT = "Think step by step."
@@ -61,8 +61,8 @@ def test_responses_take_the_system_prompt_as_instructions():
     assert apply_defaults("responses", {"input": "hi"}, prepend)["instructions"] == PROMPT
     assert apply_defaults("responses", {"input": "hi", "instructions": "Be brief."},
                           prepend)["instructions"] == f"{PROMPT}\n\nBe brief."
-    body = apply_defaults("responses", {"input": [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}],
-                                        "instructions": "Be brief."}, replace)
+    turns = [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]
+    body = apply_defaults("responses", {"input": turns, "instructions": "Be brief."}, replace)
     assert body["instructions"] == PROMPT and body["input"] == [{"role": "user", "content": "hi"}]
 
 

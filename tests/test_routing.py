@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 
-from serve_app.config import RouterConfig, RoutingConfig
-from serve_app.errors import OpenAIError
-from serve_app.plan import plan
+from serve_app.api.errors import OpenAIError
+from serve_app.config.graph import plan
+from serve_app.config.schema import RouterConfig, RoutingConfig
+from serve_app.dispatch.routes import RouteTable
 from serve_app.routing.examples import ExampleIndex
 from serve_app.routing.policy import RoutingPolicy
-from serve_app.routing.router import Router, examples_of
 
 POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general")
 
@@ -39,7 +39,10 @@ def test_no_text_goes_to_default():
 
 def test_example_index_scores_match_a_per_route_loop():
     rng = np.random.default_rng(0)
-    unit = lambda n: (v := rng.normal(size=(n, 8))) / np.linalg.norm(v, axis=1, keepdims=True)
+    def unit(n: int) -> np.ndarray:
+        v = rng.normal(size=(n, 8))
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
     examples, queries = [unit(7), unit(2), unit(5)], unit(4)
     index = ExampleIndex(["a", "b", "c"], examples, top_k=3)
     for k in (1, 3, 5):
@@ -48,10 +51,9 @@ def test_example_index_scores_match_a_per_route_loop():
     assert index.score_matrix(np.zeros((0, 8))).shape == (0, 3)
 
 
-def _router(router_args, routing_args) -> Router:
+def _router(router_args, routing_args) -> RouteTable:
     routing = RoutingConfig.model_validate(routing_args)
-    embeddings = np.eye(len(examples_of(routing)), 4, dtype=np.float32)  # stand-ins: only the names matter here
-    return Router(routing, embeddings, plan(RouterConfig.model_validate(router_args), "cpu").llms)
+    return RouteTable(routing, plan(RouterConfig.model_validate(router_args), "cpu").llms)
 
 
 def test_explicit_names_route_without_classification(router_args, routing_args):
@@ -107,8 +109,7 @@ def test_fallbacks_must_name_other_routes(routing_args, fallbacks, message):
 def test_tools_go_only_where_tool_calling_is_configured(router_args, routing_args):
     """GPU plan of the shipped config: only llm-general (Qwen2.5, hermes) calls tools."""
     routing = RoutingConfig.model_validate(routing_args)
-    embeddings = np.eye(len(examples_of(routing)), 4, dtype=np.float32)
-    router = Router(routing, embeddings, plan(RouterConfig.model_validate(router_args), "gpu").llms)
+    router = RouteTable(routing, plan(RouterConfig.model_validate(router_args), "gpu").llms)
     assert router.chain("general", explicit=False, tools=True) == ["general"]
     with pytest.raises(OpenAIError) as info:
         router.chain("code", explicit=False, tools=True)
@@ -125,8 +126,7 @@ def test_a_fallback_without_tool_calling_is_skipped_for_requests_with_tools(rout
                                     for llm in router_args["llms"]]}
     routes = [{**r, "fallbacks": ["math", "general"]} if r["name"] == "code" else r for r in routing_args["routes"]]
     routing = RoutingConfig.model_validate({**routing_args, "routes": routes})
-    router = Router(routing, np.eye(len(examples_of(routing)), 4, dtype=np.float32),
-                    plan(RouterConfig.model_validate(args), "gpu").llms)
+    router = RouteTable(routing, plan(RouterConfig.model_validate(args), "gpu").llms)
     assert router.chain("code", explicit=False, tools=True) == ["code", "general"]  # math cannot call tools
     assert router.chain("code", explicit=False, tools=False) == ["code", "math", "general"]
 
@@ -134,8 +134,7 @@ def test_a_fallback_without_tool_calling_is_skipped_for_requests_with_tools(rout
 def test_the_cpu_fallback_says_which_setting_to_change(router_args, routing_args):
     args = {**router_args, "cpu_fallback": {**router_args["cpu_fallback"], "tool_calling": None}}
     routing = RoutingConfig.model_validate(routing_args)
-    router = Router(routing, np.eye(len(examples_of(routing)), 4, dtype=np.float32),
-                    plan(RouterConfig.model_validate(args), "cpu").llms)
+    router = RouteTable(routing, plan(RouterConfig.model_validate(args), "cpu").llms)
     with pytest.raises(OpenAIError, match="Set cpu_fallback.tool_calling"):
         router.chain("math", explicit=True, tools=True)
 

@@ -202,8 +202,8 @@ def test_still_serving_after_bad_input(client):
 def test_concurrent_classifications_through_the_batched_deployment_match_in_process(router, app_config, encoder):
     # The Classifier's @serve.batch method embeds concurrent requests in one call: each caller must get its own
     # rows back. 24 different requests at once, each compared with the decision made in this process.
-    from serve_app.eval import InProcessRouter
-    from serve_app.labelled import load_labelled
+    from serve_app.tools.eval import InProcessRouter
+    from serve_app.tools.labelled import load_labelled
     from tests.conftest import DEV_SET
 
     texts = [item.texts[0] for item in load_labelled(DEV_SET)[:24]]

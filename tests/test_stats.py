@@ -1,4 +1,4 @@
-from serve_app.request_stats import RequestRecord, RoutingStats
+from serve_app.dispatch.stats import RequestRecord, RoutingStats
 
 
 def test_stats_keep_the_known_shape_and_add_detail():
@@ -22,7 +22,8 @@ def test_fallbacks_and_spillovers_add_up_across_replicas():
     one, two = RoutingStats(), RoutingStats()
     one.record(RequestRecord("general", "classified", 200, 50.0, failed=(("code", "unavailable"),)))
     two.record(RequestRecord("general", "classified", 200, 50.0, failed=(("code", "overloaded"),)))
-    two.record(RequestRecord("code", "classified", 429, 2.0, failed=(("code", "overloaded"), ("general", "overloaded"))))
+    both_full = (("code", "overloaded"), ("general", "overloaded"))
+    two.record(RequestRecord("code", "classified", 429, 2.0, failed=both_full))
     snap = RoutingStats.merged([one, two]).snapshot(["code", "math", "general"])
     assert snap["model_fallbacks"] == {"answered": 2, "by_path": {"code->general": 2},
                                        "by_cause": {"unavailable": 1, "overloaded": 3}}

@@ -1,5 +1,7 @@
-"""The routing decision: from a request's texts and their embeddings to a route, and from a route to its LLM.
+"""The routing decision: from a request's texts to a route.
 
-Pure logic, no Ray and no model: the ingress holds one ``Router`` per routing block and the offline
-tools (eval, calibrate) build the very same one, so what is measured offline is what serves.
+Pure logic around one model: the encoder (serve_app/routing/encoder.py) turns texts into unit vectors,
+and ``Decider`` scores them against each route's examples (examples.py), applies keyword rules
+(keywords.py) and thresholds (policy.py). The classifier deployment runs the encoder; the ingress runs
+the decision; the offline tools run both in one process, so what is measured offline is what serves.
 """

@@ -6,7 +6,7 @@ relay, error pass-through, timeouts, fallback) is exercised end to end without a
 was sent is kept for the tests to read (``GET /stub/requests``), and ``POST /stub/mode`` makes it fail
 or stall on purpose. Nothing here is part of the router.
 
-    python -m tests.openai_stub --port 9100 --api-key sk-upstream   # then point an llms entry at it
+    python -m harness.openai_stub --port 9100 --api-key sk-upstream   # then point an llms entry at it
 """
 
 from __future__ import annotations

@@ -17,10 +17,6 @@ import re
 import site
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from serve_app.config import KvcachedConfig
 
 ENABLE = "ENABLE_KVCACHED"
 AUTOPATCH = "KVCACHED_AUTOPATCH"
@@ -41,14 +37,15 @@ _IPC_MAX = 64
 _IPC_PREFIX = "kvcached_"
 
 
-def engine_env(config: KvcachedConfig, classifier_gpus: float) -> dict[str, str]:
+def engine_env(utilization: float, contiguous_layout: bool, classifier_gpus: float,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for every kvcached engine of the application; the IPC name is added per replica."""
     return {
-        **config.env,
+        **(extra or {}),
         ENABLE: "true",
         AUTOPATCH: "1",
-        GPU_UTILIZATION: f"{gpu_utilization(config.gpu_utilization, classifier_gpus):g}",
-        CONTIGUOUS_LAYOUT: "true" if config.contiguous_layout else "false",
+        GPU_UTILIZATION: f"{gpu_utilization(utilization, classifier_gpus):g}",
+        CONTIGUOUS_LAYOUT: "true" if contiguous_layout else "false",
     }
 
 

@@ -2,7 +2,7 @@
 
 Pure: the builder turns this plan into Serve deployments, tests read the same plan to prove that the
 GPU options (fractions, environment) are what reaches Ray without needing a GPU, and
-``python -m serve_app.placement`` prints it for operators.
+``python -m serve_app.tools.placement`` prints it for operators.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from serve_app import kvcached
-from serve_app.config import LLMEntry, RouterConfig, ToolCalling, deployment_name
+from serve_app.config.schema import LLMEntry, RouterConfig, ToolCalling, deployment_name
 from serve_app.embedded import SMOLLM2, is_embedded
+from serve_app.llm import kvcached
+from serve_app.llm.plan import LLMPlan
 
-logger = logging.getLogger("serve_app.placement")
+logger = logging.getLogger("serve_app.tools.placement")
 
 Accelerator = Literal["gpu", "cpu"]
 
@@ -31,34 +32,6 @@ GIB = 1 << 30
 # run both on the replica's main loop, as Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED mode does. Set either
 # variable in the environment of `serve run` to override.
 SERVE_FAST_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
-
-
-@dataclass(frozen=True)
-class LLMPlan:
-    """One LLM: what its deployment asks of Ray, what its engine starts with, and what it answers as.
-
-    An external LLM (``endpoint`` set) has no deployment: the ingress calls its endpoint over HTTP.
-    """
-
-    llm: str  # the name of its entry in the config's llms
-    deployment: str | None  # None: external
-    configured_model: str  # what the config asks for
-    model: str  # what the replica loads: an id, a path or embedded:NAME (the CPU fallback's model)
-    served_model: str  # the name it answers as (external: the model id sent to the endpoint)
-    engine_args: dict[str, Any]
-    env: dict[str, str]  # set in the replica before vLLM is imported
-    ray_actor_options: dict[str, Any]
-    tools: bool = False  # answers requests with tools (vLLM: a tool parser is configured)
-    endpoint: str | None = None
-    api_key_env: str | None = None
-
-    @property
-    def cpu_fallback(self) -> bool:
-        return self.model != self.configured_model
-
-    @property
-    def external(self) -> bool:
-        return self.endpoint is not None
 
 
 @dataclass(frozen=True)
@@ -95,7 +68,7 @@ def external_plan(llm: LLMEntry) -> LLMPlan:
 def cpu_engine_env(kv_cache_space_gib: int, cores: int | None = None) -> dict[str, str]:
     cores = cores or os.cpu_count() or 1
     return {
-        # One engine per process, in the replica itself (see serve_app/vllm_engine.py).
+        # One engine per process, in the replica itself (see serve_app/llm/vllm_engine.py).
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib),
         # vLLM leaves one core idle by default: on a small box that halves throughput.
@@ -110,7 +83,8 @@ def cpu_engine_env(kv_cache_space_gib: int, cores: int | None = None) -> dict[st
 def gpu_engine_env(config: RouterConfig) -> dict[str, str]:
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     if config.kvcached.enabled:
-        env |= kvcached.engine_env(config.kvcached, config.classifier.num_gpus)
+        k = config.kvcached
+        env |= kvcached.engine_env(k.gpu_utilization, k.contiguous_layout, config.classifier.num_gpus, k.env)
     return env
 
 

@@ -5,7 +5,7 @@ always runs its engine core (scheduler, KV cache and, on one GPU, the model) in 
 spawned inside a Ray actor, which inherits the caller's environment: one engine per replica, so
 per-process settings such as kvcached's IPC name apply to exactly one engine.
 
-It speaks the ingress's contract (``serve_app/llm_protocol.py``): ``complete`` returns a whole JSON
+It speaks the ingress's contract (``serve_app/llm/protocol.py``): ``complete`` returns a whole JSON
 body, ``stream`` yields server-sent-event strings, and a request vLLM refuses raises ``OpenAIError``
 with vLLM's status before anything is sent.
 """
@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from serve_app.errors import OpenAIError
-from serve_app.llm_protocol import LLMRequest
+from serve_app.api.errors import OpenAIError
+from serve_app.llm.protocol import LLMRequest
 
-logger = logging.getLogger("serve_app.vllm_engine")
+logger = logging.getLogger("serve_app.llm.vllm_engine")
 
 CHAT_TEMPLATES = Path(__file__).with_name("chat_templates")  # the templates the router ships
 

@@ -1,8 +1,8 @@
 """What each deployment of a Serve config file will ask of Ray, and what each engine starts with.
 
-    python -m serve_app.placement serve_config.yaml [--accelerator gpu|cpu]
+    python -m serve_app.tools.placement serve_config.yaml [--accelerator gpu|cpu]
 
-An operator's view of the plan (``serve_app/plan.py``) joined with the file's own Serve options
+An operator's view of the plan (``serve_app/config/graph.py``) joined with the file's own Serve options
 (replicas, autoscaling, queue limits). No cluster is contacted; secrets in the environment are masked.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app import kvcached
-from serve_app.config import RouterConfig
-from serve_app.plan import Accelerator, plan
+from serve_app.config.graph import Accelerator, plan
+from serve_app.config.schema import RouterConfig
+from serve_app.llm import kvcached
 
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m serve_app.placement", description=(
+    parser = argparse.ArgumentParser(prog="python -m serve_app.tools.placement", description=(
         "Show what each deployment asks of Ray and what each engine starts with. No cluster is contacted."))
     parser.add_argument("config", nargs="?", default="serve_config.yaml")
     parser.add_argument("--accelerator", choices=["gpu", "cpu"],

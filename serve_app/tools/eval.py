@@ -1,10 +1,11 @@
 """Evaluate the deployment's classifier on a labelled JSONL file.
 
-    python -m serve_app.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json] [--plot FILE.png]
+    python -m serve_app.tools.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json]
+                                   [--plot FILE.png]
                              [--backend torch|onnx|openvino|auto] [--max-seq-length N]
 
-Builds the same encoder and ``Router`` from the same config as the classifier and ingress deployments,
-and reads each item the way the ingress reads a request (serve_app/labelled.py), one query at a time,
+Builds the same encoder and ``Decider`` from the same config as the classifier and ingress deployments,
+and reads each item the way the ingress reads a request (serve_app/tools/labelled.py), one query at a time,
 so the latency is what one request costs (without the hop between deployments). ``--backend`` and
 ``--max-seq-length`` replace the config's ``classifier`` keys, to compare the encoder backends' accuracy.
 With ``--json`` the last line of stdout is one JSON object: accuracy, macro_f1, per_class, confusion,
@@ -26,36 +27,35 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from serve_app.accuracy import Scores, classification_scores
-from serve_app.config import AppConfig, ClassifierConfig
-from serve_app.config_file import load_app_config
-from serve_app.encoder import BACKENDS, embed_queries, encode, load_encoder
-from serve_app.errors import describe_error
-from serve_app.labelled import PARTS, LabelledItem, load_labelled
-from serve_app.plan import plan
+from serve_app.api.errors import describe_error
+from serve_app.config.file import load_app_config
+from serve_app.config.schema import AppConfig, ClassifierConfig
+from serve_app.routing.decider import Decider, examples_of
+from serve_app.routing.encoder import BACKENDS, embed_queries, encode, load_encoder
 from serve_app.routing.policy import RoutingDecision
-from serve_app.routing.router import Router, examples_of
+from serve_app.tools.accuracy import Scores, classification_scores
+from serve_app.tools.labelled import PARTS, LabelledItem, load_labelled
 
 
 @dataclass(frozen=True)
 class InProcessRouter:
-    """The serving decision in one process: the classifier deployment's encoder and the ingress's Router."""
+    """The serving decision in one process: the classifier deployment's encoder and the ingress's Decider."""
 
     encoder: Any
-    router: Router
+    decider: Decider
 
     @classmethod
     def from_config(cls, config: AppConfig, encoder: Any | None = None) -> InProcessRouter:
         c = config.router.classifier
         encoder = encoder if encoder is not None else load_encoder(c.model, c.backend, c.max_seq_length)
         examples = encode(encoder, examples_of(config.routing))
-        return cls(encoder, Router(config.routing, examples, plan(config.router, "cpu").llms))
+        return cls(encoder, Decider(config.routing, examples))
 
     def embed(self, queries: Sequence[Sequence[str]]) -> list[np.ndarray]:
         return embed_queries(self.encoder, queries)
 
     def classify(self, texts: Sequence[str]) -> RoutingDecision:
-        return self.router.decide(texts, self.embed([texts])[0])
+        return self.decider.decide(texts, self.embed([texts])[0])
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def with_classifier(config: AppConfig, **keys: Any) -> AppConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m serve_app.tools.eval", description=__doc__.split("\n")[0])
     add_data_args(parser)
     parser.add_argument("--json", action="store_true", help="end stdout with one line of JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix to a PNG")

@@ -1,43 +1,27 @@
-"""One routing block compiled for serving: the decision for a request, and the LLM that answers a route.
+"""The route table of one routing block: which LLM answers each route, its fallbacks, its defaults, its names.
 
-The ingress builds a ``Router`` from each routing block it accepts and swaps it in one assignment, so a
-request is decided by exactly one block from start to end. The examples' embeddings come from the
-classifier deployment (the offline tools embed them in-process with the same model).
+What the decision does not need and the dispatch does: the ingress builds one beside each ``Decider``
+(serve_app/routing/decider.py), from the same routing block and the application's LLM plans.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
-
-from serve_app.config import RoutingConfig, check_route_llms
-from serve_app.errors import OpenAIError
-from serve_app.plan import LLMPlan
-from serve_app.requests import AUTO_MODEL
-from serve_app.routing.examples import ExampleIndex
-from serve_app.routing.keywords import KeywordHits, KeywordMatcher
-from serve_app.routing.policy import RoutingDecision, RoutingPolicy
+from serve_app.api.errors import OpenAIError
+from serve_app.api.requests import AUTO_MODEL
+from serve_app.config.schema import RoutingConfig, check_route_llms
+from serve_app.llm.plan import LLMPlan
 
 
-def examples_of(config: RoutingConfig) -> list[str]:
-    """Every route's examples, route after route: the order ``Router`` expects their embeddings in."""
-    return [example for route in config.routes for example in route.examples]
-
-
-class Router:
-    def __init__(self, config: RoutingConfig, example_embeddings: np.ndarray, llms: Mapping[str, LLMPlan]) -> None:
+class RouteTable:
+    def __init__(self, config: RoutingConfig, llms: Mapping[str, LLMPlan]) -> None:
         check_route_llms(config, list(llms))
-        routes = config.routes
-        per_route = np.split(example_embeddings, np.cumsum([len(r.examples) for r in routes])[:-1])
         self.config = config
-        self.index = ExampleIndex([r.name for r in routes], per_route, config.top_k)
-        self.keywords = KeywordMatcher({r.name: r.keywords.force for r in routes},
-                                       {r.name: r.keywords.exclude for r in routes})
-        self.policy = RoutingPolicy({r.name: config.threshold if r.threshold is None else r.threshold for r in routes},
-                                    config.default_route)
-        self.targets = {r.name: llms[r.llm] for r in routes}
-        self.defaults = {r.name: r.defaults for r in routes}
+        self.targets = {r.name: llms[r.llm] for r in config.routes}
+        self.defaults = {r.name: r.defaults for r in config.routes}
         # Route names win; a model id several routes share means the default route if it is one of them.
         self._aliases: dict[str, str] = {}
         for route in sorted(self.targets, key=lambda r: r != config.default_route):
@@ -45,21 +29,6 @@ class Router:
             for alias in (t.configured_model, t.served_model, t.llm):
                 self._aliases.setdefault(alias, route)
         self._aliases.update({route: route for route in self.targets})
-
-    @property
-    def default_route(self) -> str:
-        return self.config.default_route
-
-    def candidates(self, texts: Sequence[str], embeddings: np.ndarray,
-                   top_k: int | None = None) -> tuple[list[dict[str, float]], list[KeywordHits]]:
-        """Each candidate text's route scores and keyword hits: what the policy decides on."""
-        return self.index.scores(embeddings, top_k), [self.keywords.hits(t) for t in texts]
-
-    def decide(self, texts: Sequence[str], embeddings: np.ndarray) -> RoutingDecision:
-        """The route for a request's candidate texts (last user turn first) and their unit-norm embeddings."""
-        if not texts:
-            return RoutingDecision(self.default_route, "no_text")
-        return self.policy.decide(*self.candidates(texts, embeddings))
 
     def chain(self, route: str, explicit: bool, tools: bool = False) -> list[str]:
         """The routes to try for a request, in order: its own, then its fallbacks, one per LLM deployment.
@@ -98,3 +67,22 @@ class Router:
                 404, f"The model {model!r} does not exist. Use 'auto' (or omit 'model') to route by content, "
                 f"or one of: {known}.", code="model_not_found", param="model",
             ) from None
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: ``auto``, then every route with the model that answers it."""
+        now = int(time.time())
+        cards = [{"id": AUTO_MODEL, "object": "model", "created": now, "owned_by": "semantic-router",
+                  "description": "Routes each request by its content to one of the models below."}]
+        for route, t in self.targets.items():
+            cards.append({
+                "id": route, "object": "model", "created": now, "owned_by": "semantic-router",
+                "root": t.served_model, "served_by": t.served_model, "configured_model": t.configured_model,
+                "backend": "external" if t.external else "vllm", "endpoint": t.endpoint,
+                "deployment": t.deployment, "cpu_fallback": t.cpu_fallback, "tools": t.tools,
+            })
+        return cards
+
+    def model_card(self, model: str) -> dict[str, Any]:
+        """One model by any name a request may use: ``auto``, a route, or a route's served model id."""
+        cards = {card["id"]: card for card in self.model_cards()}
+        return cards.get(model) or cards[self.explicit_route(model)]  # explicit_route 404s the unknown

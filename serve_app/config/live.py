@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from serve_app.errors import describe_error
+from serve_app.api.errors import describe_error
 
 logger = logging.getLogger("ray.serve")
 

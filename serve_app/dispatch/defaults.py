@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.config import SAMPLING_DEFAULTS, RouteDefaults
-from serve_app.requests import Endpoint
+from serve_app.api.requests import Endpoint
+from serve_app.config.schema import SAMPLING_DEFAULTS, RouteDefaults
 
 # Where each endpoint takes the longest answer; chat also reads OpenAI's newer name for it.
 MAX_TOKENS_KEYS: dict[Endpoint, tuple[str, ...]] = {

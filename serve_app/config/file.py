@@ -1,6 +1,6 @@
 """``serve_config.yaml`` as this project reads it: where each part lives in a Serve config file.
 
-The application this project builds (``import_path: serve_app.builder:build_app``) keeps
+The application this project builds (``import_path: deployments.builder:build_app``) keeps
 
 - its serving graph in ``args`` (``RouterConfig``): changing it starts new replicas;
 - its routing block in the ``user_config`` of the Ingress deployment (``RoutingConfig``), and the
@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from serve_app.config import AppConfig, ClassifierBatching, RouterConfig, RoutingConfig
-from serve_app.errors import describe_error
-from serve_app.plan import CLASSIFIER, INGRESS
+from serve_app.api.errors import describe_error
+from serve_app.config.graph import CLASSIFIER, INGRESS
+from serve_app.config.schema import AppConfig, ClassifierBatching, RouterConfig, RoutingConfig
 
-BUILDER = "serve_app.builder:build_app"
+BUILDER = "deployments.builder:build_app"
 ROUTING_WHERE = f"deployments {INGRESS} user_config (the routing block)"
 BATCHING_WHERE = f"deployments {CLASSIFIER} user_config"
 

@@ -1,6 +1,6 @@
 """Fit the classifier's decision parameters on a labelled file: top_k and per-route thresholds.
 
-    python -m serve_app.calibrate --data labelled.jsonl [--config serve_config.yaml] [--part tune] [--write]
+    python -m serve_app.tools.calibrate --data labelled.jsonl [--config serve_config.yaml] [--part tune] [--write]
 
 Prints a YAML snippet to set in the config, or with ``--write`` sets the values in the file itself
 (comments kept). A request whose best route scores below that route's threshold abstains: it goes
@@ -24,15 +24,15 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.compat import StringIO
 
-from serve_app.accuracy import classification_scores
-from serve_app.config import RoutingConfig
-from serve_app.config_file import application_index, user_config
-from serve_app.errors import describe_error
-from serve_app.eval import InProcessRouter, add_data_args, load_inputs
-from serve_app.labelled import LabelledItem
-from serve_app.plan import INGRESS
+from serve_app.api.errors import describe_error
+from serve_app.config.file import application_index, user_config
+from serve_app.config.graph import INGRESS
+from serve_app.config.schema import RoutingConfig
 from serve_app.routing.keywords import KeywordHits
 from serve_app.routing.policy import RoutingPolicy
+from serve_app.tools.accuracy import classification_scores
+from serve_app.tools.eval import InProcessRouter, add_data_args, load_inputs
+from serve_app.tools.labelled import LabelledItem
 
 TOP_KS = (1, 3, 5, 7, 10)
 GRID = tuple(round(float(v), 2) for v in np.arange(0.0, 0.61, 0.01))
@@ -100,11 +100,11 @@ def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequen
         raise ValueError(f"labels {unknown} are not routes of the config ({routes})")
     queries = [i.texts for i in items]
     embeddings = classifier.embed(queries)  # once: only the scoring changes with top_k
-    current = dict(classifier.router.policy.thresholds)
+    current = dict(classifier.decider.policy.thresholds)
     k0 = routing.top_k
 
     def candidates(k: int) -> list[Candidates]:
-        return [Candidates(*classifier.router.candidates(texts, e, top_k=k)) for texts, e in zip(queries, embeddings)]
+        return [Candidates(*classifier.decider.candidates(texts, e, top_k=k)) for texts, e in zip(queries, embeddings)]
 
     before = Fit(k0, current, *_measure(candidates(k0), labels, current, routing.default_route, routes))
     fits = []
@@ -120,7 +120,7 @@ def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequen
 
 def snippet(cal: Calibration, source: str) -> str:
     b, a = cal.before, cal.after
-    lines = [f"# serve_app.calibrate on {source} ({cal.n} items): macro-F1 {b.macro_f1:.3f} -> {a.macro_f1:.3f}, "
+    lines = [f"# serve_app.tools.calibrate on {source} ({cal.n} items): macro-F1 {b.macro_f1:.3f} -> {a.macro_f1:.3f}, "
              f"accuracy {b.accuracy:.3f} -> {a.accuracy:.3f}",
              f"# Set these keys in the routing block (the user_config of the {INGRESS} deployment) of the Serve "
              "config, or run again with --write:",
@@ -175,7 +175,7 @@ def _round_trip() -> YAML:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.calibrate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m serve_app.tools.calibrate", description=__doc__.split("\n")[0])
     add_data_args(parser)
     parser.add_argument("--top-k", default=",".join(map(str, TOP_KS)),
                         help="top_k values to try, besides the config's (default: %(default)s)")

@@ -1,6 +1,6 @@
 """An LLM that already runs elsewhere: an OpenAI-compatible endpoint, called over HTTP by the ingress.
 
-It speaks the same contract as an in-cluster deployment (serve_app/llm_protocol.py), so timeouts,
+It speaks the same contract as an in-cluster deployment (serve_app/llm/protocol.py), so timeouts,
 fallback and statistics treat both alike. One pooled ``httpx.AsyncClient`` per ingress replica carries
 every external call (keep-alive connections, never a client per request). Streams are relayed event by
 event as they arrive. The endpoint's own errors reach the client with its status, OpenAI-style; those
@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from serve_app.errors import OpenAIError
-from serve_app.llm_protocol import LLMOverloaded, LLMRequest, LLMUnavailable
-from serve_app.plan import LLMPlan
+from serve_app.api.errors import OpenAIError
+from serve_app.llm.plan import LLMPlan
+from serve_app.llm.protocol import LLMOverloaded, LLMRequest, LLMUnavailable
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "responses": "/responses"}
 # The router's waits (request_timeout_s) bound the answer; these bound what no answer can come without.
@@ -51,12 +51,12 @@ class ExternalLLM:
         self._llm = llm
         self._headers = {"authorization": f"Bearer {key}"} if key else {}
 
-    def complete(self, request: LLMRequest) -> asyncio.Task[dict[str, Any]]:
-        """A task to await for the whole answer's JSON body; ``.cancel()`` closes the connection's request."""
-        return asyncio.ensure_future(self._complete(request))
+    def generate(self, request: LLMRequest) -> ExternalStream:
+        """The answer as the protocol streams it; ``.cancel()`` closes the connection's request."""
+        return ExternalStream(self._events(request) if request.stream else self._whole(request))
 
-    def stream(self, request: LLMRequest) -> ExternalStream:
-        return ExternalStream(self._events(request))
+    async def _whole(self, request: LLMRequest) -> AsyncIterator[dict[str, Any]]:
+        yield await self._complete(request)
 
     async def _complete(self, request: LLMRequest) -> dict[str, Any]:
         try:
@@ -111,15 +111,15 @@ class ExternalLLM:
 
 
 class ExternalStream:
-    """An endpoint's stream as the ingress iterates it; ``cancel()`` closes the HTTP response."""
+    """An endpoint's answer as the ingress iterates it; ``cancel()`` closes the HTTP response."""
 
-    def __init__(self, events: AsyncIterator[str]) -> None:
+    def __init__(self, events: AsyncIterator[Any]) -> None:
         self._events = events
 
     def __aiter__(self) -> ExternalStream:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> Any:
         return await self._events.__anext__()
 
     def cancel(self) -> None:

@@ -1,7 +1,7 @@
-"""The application builder: ``import_path: serve_app.builder:build_app`` in serve_config.yaml.
+"""The application builder: ``import_path: deployments.builder:build_app`` in serve_config.yaml.
 
 The one module of ``serve_app`` that touches Ray: it composes the deployments of ``deployments/`` from
-the pure plan (``serve_app/plan.py``). Serve validates the config's ``args`` against ``RouterConfig``
+the pure plan (``serve_app/config/graph.py``). Serve validates the config's ``args`` against ``RouterConfig``
 (the annotation) before this runs, so this module keeps real annotations (no ``from __future__ import
 annotations``). Routing and batching are not built here: they are the Ingress's and the Classifier's
 ``user_config``, which Serve hands to their ``reconfigure``, so changing them never changes what this
@@ -17,8 +17,8 @@ from deployments.classifier import Classifier
 from deployments.ingress import Ingress
 from deployments.llm import VLLMServer
 from deployments.stats import StatsAggregator
-from serve_app.config import RouterConfig
-from serve_app.plan import CLASSIFIER, INGRESS, STATS, GraphPlan, plan, resolve_accelerator
+from serve_app.config.graph import CLASSIFIER, INGRESS, STATS, GraphPlan, plan, resolve_accelerator
+from serve_app.config.schema import RouterConfig
 
 logger = logging.getLogger("ray.serve")
 

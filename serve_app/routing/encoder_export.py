@@ -33,7 +33,7 @@ from typing import Any
 
 from serve_app.embedded import EMBEDDED_PREFIX, build_once, cache_dir
 
-logger = logging.getLogger("serve_app.encoder")
+logger = logging.getLogger("serve_app.routing.encoder")
 
 # Part of every cache folder's name: bump it when an export changes, so old exports are not reused.
 EXPORT_VERSION = 2
@@ -58,7 +58,8 @@ def exported(model: str, source: Path, variant: str, load_st: Callable[[dict[str
     if (target / "meta.json").exists():
         return target
     # Each variant is made from the previous one, outside this variant's lock.
-    previous = exported(model, source, VARIANTS[VARIANTS.index(variant) - 1], load_st) if variant != VARIANTS[0] else None
+    previous = (exported(model, source, VARIANTS[VARIANTS.index(variant) - 1], load_st)
+                if variant != VARIANTS[0] else None)
 
     def build(tmp: Path) -> None:
         logger.info("Exporting the classifier model %s as %s to %s (once, a few seconds)", model, variant, target)

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from serve_app.errors import OpenAIError
+from serve_app.api.errors import OpenAIError
 
 logger = logging.getLogger("ray.serve")
 

@@ -3,7 +3,7 @@
 Backends (``classifier.backend`` in the config, ``load_encoder(model, backend, max_seq_length)``):
 
 - ``torch``: sentence-transformers itself, on CPU or GPU.
-- ``onnx``: ONNX Runtime on a fused export (serve_app/encoder_export.py), with int8 weights where the CPU
+- ``onnx``: ONNX Runtime on a fused export (serve_app/routing/encoder_export.py), with int8 weights where the CPU
   has int8 dot products (VNNI), fp32 elsewhere (int8 gains little without them, and costs accuracy).
 - ``openvino``: OpenVINO on the plain export, computing in bf16 where the CPU has bf16 units, fp32 elsewhere.
 - ``auto``: torch on a CUDA device; on a CPU the backend measured fastest for its instruction set
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.config import DEFAULT_MAX_SEQ_LENGTH, ClassifierBackend
-from serve_app.cpu_features import CPUInfo, cpu_info, cuda_available
+from serve_app.config.schema import DEFAULT_MAX_SEQ_LENGTH, ClassifierBackend
 from serve_app.embedded import resolve_encoder
-from serve_app.encoder_export import ExportError, exported, read_meta
+from serve_app.routing.cpu_features import CPUInfo, cpu_info, cuda_available
+from serve_app.routing.encoder_export import ExportError, exported, read_meta
 
-logger = logging.getLogger("serve_app.encoder")
+logger = logging.getLogger("serve_app.routing.encoder")
 
 BACKENDS: tuple[ClassifierBackend, ...] = ("torch", "onnx", "openvino", "auto")
 # What each backend needs beyond the project's own dependencies (pinned as in pyproject's cpu extra).
@@ -49,7 +49,7 @@ def installed(backend: str) -> bool:
 
 
 # The CPU backends in order of preference for a CPU, and why: measured with bench/bench_classifier.py
-# (bench/results/classifier.json) and `python -m serve_app.eval --backend`.
+# (bench/results/classifier.json) and `python -m serve_app.tools.eval --backend`.
 _AMX = (("openvino", "onnx"), "AMX tiles: OpenVINO in bf16 is the fastest there and as accurate as fp32")
 _INT8 = (("onnx", "openvino"),
          "int8 dot products (VNNI): ONNX Runtime with int8 weights is the fastest, within 0.005 macro-F1 of fp32")
@@ -192,7 +192,8 @@ def _load(model: str, path: str, backend: str, max_seq_length: int, device: str 
     try:
         folder = exported(model, source, variant, load_st)
     except ExportError as exc:
-        raise ClassifierLoadError(f"Cannot export {model!r} for the {backend} backend: {exc}; use backend torch") from exc
+        raise ClassifierLoadError(
+            f"Cannot export {model!r} for the {backend} backend: {exc}; use backend torch") from exc
     limit = read_meta(folder).get("max_position_embeddings")
     if limit and max_seq_length > limit:
         raise ClassifierLoadError(f"max_seq_length {max_seq_length} is more than {model!r} reads ({limit} tokens)")

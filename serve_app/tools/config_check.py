@@ -6,7 +6,7 @@ validates our application: its ``args`` against ``RouterConfig``, its routing bl
 ``RoutingConfig``, and the routes against the LLMs. Run it before ``serve deploy``: a running router
 refuses a bad routing update and keeps the last good one, but the refusal only shows in its logs.
 
-    python -m serve_app.config_check serve_config.yaml
+    python -m serve_app.tools.config_check serve_config.yaml
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from serve_app.config_file import BUILDER, app_config, load_yaml
-from serve_app.errors import describe_error
+from serve_app.api.errors import describe_error
+from serve_app.config.file import BUILDER, app_config, load_yaml
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

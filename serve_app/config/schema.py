@@ -21,9 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app import kvcached
 from serve_app.embedded import EMBEDDED_PREFIX, MINILM, SMOLLM2
-from serve_app.routing.keywords import compile_pattern
+from serve_app.llm import kvcached
 
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -41,7 +40,8 @@ def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:
     return data
 
 
-INGRESS_USER_CONFIG = "the routing block (the user_config of the Ingress deployment), where it changes without a restart"
+INGRESS_USER_CONFIG = ("the routing block (the user_config of the Ingress deployment), where it changes without a "
+                       "restart")
 CLASSIFIER_USER_CONFIG = "the user_config of the Classifier deployment, where it changes without a restart"
 
 
@@ -127,7 +127,7 @@ class LLMEntry(StrictModel):
 
 
 class KeywordRules(StrictModel):
-    """Whole-word, case-insensitive regular expressions checked before similarity (serve_app/keywords.py)."""
+    """Whole-word, case-insensitive regular expressions checked before similarity (serve_app/routing/keywords.py)."""
 
     force: list[str] = Field(default_factory=list, description="A match sends the request here, whatever the scores.")
     exclude: list[str] = Field(default_factory=list, description="A match rules this route out for the request.")
@@ -139,7 +139,7 @@ class KeywordRules(StrictModel):
             if not pattern.strip():
                 raise ValueError("keyword patterns may not be blank")
             try:
-                compile_pattern(pattern)
+                re.compile(pattern)  # compiles alone, so it compiles inside the whole-word wrapper too
             except re.error as exc:
                 raise ValueError(f"keyword pattern {pattern!r} is not a valid regular expression: {exc}") from None
         return value
@@ -149,7 +149,7 @@ SAMPLING_DEFAULTS = ("temperature", "top_p", "max_tokens")
 
 
 class RouteDefaults(StrictModel):
-    """What a route adds to every request it answers (serve_app/route_defaults.py applies it).
+    """What a route adds to every request it answers (serve_app/dispatch/defaults.py applies it).
 
     A value the client sent wins, unless the key is listed in ``enforce``. The system prompt is not a
     default of that kind: ``system_prompt_mode`` says whether it goes before the client's (``prepend``) or
@@ -204,7 +204,9 @@ class RoutingConfig(StrictModel):
     threshold: float = Field(0.2, ge=-1, le=1, description="Below this score a request goes to the default route.")
     top_k: int = Field(5, ge=1, description="A route's score is the mean similarity of its k nearest examples.")
     context_turns: int = Field(3, ge=1, description="User turns read when the last one alone is not confident.")
-    request_timeout_s: float = Field(600, gt=0, description="Longest wait for an LLM's first reply.")
+    request_timeout_s: float = Field(
+        600, gt=0, description="Longest wait for an LLM to start answering: a stream's first chunk, or a whole answer "
+        "(which arrives in one piece). Past it, the route's fallback is asked, else 504. A started stream is not cut.")
     classifier_timeout_s: float = Field(
         10, gt=0, description="Longest wait for the classifier; past it the default route answers.")
     fallback_explicit: bool = Field(
@@ -313,7 +315,8 @@ class KvcachedConfig(StrictModel):
         0.95, gt=0, le=1, description="KVCACHED_GPU_UTILIZATION: share of the GPU all engines together may fill. "
         "Lowered to 1 - classifier.num_gpus while the classifier shares the GPU.")
     contiguous_layout: bool = Field(
-        False, description="KVCACHED_CONTIGUOUS_LAYOUT: the contiguous layout costs about 30% throughput on GQA models.")
+        False, description="KVCACHED_CONTIGUOUS_LAYOUT: the contiguous layout costs about 30% throughput on GQA "
+        "models.")
     env: dict[str, str] = Field(
         default_factory=dict, description="Other KVCACHED_* variables, e.g. KVCACHED_LOG_LEVEL: DEBUG.")
 

@@ -1,6 +1,6 @@
 """What this machine can run fast: the CPU's matrix instructions and whether a CUDA device is present.
 
-The classifier's ``backend: auto`` decides from these (serve_app/encoder.py), and says which it saw.
+The classifier's ``backend: auto`` decides from these (serve_app/routing/encoder.py), and says which it saw.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from serve_app.errors import OpenAIError
-from serve_app.requests import parse_request
+from serve_app.api.errors import OpenAIError
+from serve_app.api.requests import parse_request
 
 Part = Literal["all", "tune", "holdout"]
 PARTS: tuple[Part, ...] = ("all", "tune", "holdout")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from serve_app.errors import OpenAIError
+from serve_app.api.errors import OpenAIError
 
 Endpoint = Literal["chat", "completion", "responses"]
 AUTO_MODEL = "auto"

@@ -1,0 +1,1 @@
+"""What the tests and the benchmarks both use: a local `serve run` on loopback, and a stub OpenAI endpoint."""
