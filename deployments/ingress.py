@@ -221,7 +221,7 @@ class Ingress:
             body = parse_json_body(await _read_body(request, routing.config.max_request_bytes))
             parsed = parse_request(endpoint, body, routing.config.context_turns)
             if parsed.model in (None, AUTO_MODEL):
-                decision, classify_ms = await self._classify(routing, parsed.routing_texts)
+                decision, classify_ms = await self._classify(routing, parsed.turns)
             else:
                 decision, classify_ms = RoutingDecision(routing.table.explicit_route(parsed.model), "explicit"), None
         except OpenAIError as exc:
@@ -230,18 +230,19 @@ class Ingress:
         answer = await self.dispatcher.answer(routing.table, decision, endpoint, parsed, started, classify_ms)
         return _response(answer)
 
-    async def _classify(self, routing: Routing, texts: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
-        if not texts:
-            return RoutingDecision(routing.decider.default_route, "no_text"), None
+    async def _classify(self, routing: Routing, turns: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
         started = time.perf_counter()
+        thread = routing.decider.read(turns)
+        if not thread.texts:
+            return RoutingDecision(routing.decider.default_route, "no_text"), None
         try:
-            embeddings = await _within(self.classifier.embed.remote(texts), routing.config.classifier_timeout_s)
+            embeddings = await _within(self.classifier.embed.remote(thread.texts), routing.config.classifier_timeout_s)
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)
             return RoutingDecision(routing.decider.default_route, "classifier_error"), None
         ms = ms_since(started)
-        decision = routing.decider.decide(texts, embeddings)
+        decision = routing.decider.decide(thread, embeddings)
         self.classify_latency.observe(ms)
         if decision.score is not None:
             self.classify_score.observe(decision.score, tags={"route": decision.route})

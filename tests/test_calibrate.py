@@ -10,8 +10,8 @@ import yaml
 
 from serve_app.config.file import load_app_config, routing_block
 from serve_app.config.schema import AppConfig
+from serve_app.routing.policy import Turn
 from serve_app.tools import calibrate as cal
-from serve_app.tools.calibrate import Candidates
 from serve_app.tools.eval import InProcessRouter
 from serve_app.tools.labelled import load_labelled
 from tests.conftest import SERVE_CONFIG
@@ -29,8 +29,8 @@ ITEMS = [
 ]
 
 
-def _candidates(code_scores: list[float]) -> list[Candidates]:
-    return [Candidates([{"code": s, "general": 0.15}], []) for s in code_scores]
+def _candidates(code_scores: list[float]) -> list[list[Turn]]:
+    return [[Turn({"code": s, "general": 0.15})] for s in code_scores]
 
 
 def test_thresholds_land_in_the_middle_of_the_best_plateau():
@@ -52,7 +52,7 @@ def data_file(tmp_path):
 
 def _strict_config(router_args, routing_args) -> AppConfig:
     """The shipped routes with thresholds far too high: most requests abstain to general."""
-    routes = [{**r, "threshold": 0.6} for r in routing_args["routes"]]
+    routes = [{**r, "threshold": 0.99} for r in routing_args["routes"]]
     return AppConfig.model_validate({"router": router_args, "routing": {**routing_args, "routes": routes}})
 
 
@@ -68,7 +68,8 @@ def test_calibration_improves_or_keeps_accuracy(router_args, routing_args, encod
     # The fitted values, put in the config, give what calibration promised.
     routes = [r.model_copy(update={"threshold": result.after.thresholds.get(r.name, r.threshold)})
               for r in config.routing.routes]
-    routing = config.routing.model_copy(update={"routes": routes, "top_k": result.after.top_k})
+    thread = config.routing.thread.model_copy(update={"switch_margin": result.after.switch_margin})
+    routing = config.routing.model_copy(update={"routes": routes, "top_k": result.after.top_k, "thread": thread})
     fitted = config.model_copy(update={"routing": routing})
     fitted_router = InProcessRouter.from_config(fitted, encoder)
     predicted = [fitted_router.classify(i.texts).route for i in items]
@@ -113,10 +114,12 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
 
     written = config_path.read_text()
     assert _comments(written) == _comments(text)
-    unedited = [line for line in written.splitlines() if not re.match(r" +(top_k|threshold): ", line)]
-    assert unedited == [line for line in text.splitlines() if not re.match(r" +(top_k|threshold): ", line)]
+    edited = r" +(top_k|threshold|switch_margin): "
+    unedited = [line for line in written.splitlines() if not re.match(edited, line)]
+    assert unedited == [line for line in text.splitlines() if not re.match(edited, line)]
     routing = load_app_config(config_path).routing
     assert routing.top_k == snippet["top_k"]
+    assert routing.thread.switch_margin == snippet["thread"]["switch_margin"]
     assert {r.name: r.threshold for r in routing.routes} == {
         **{r["name"]: r["threshold"] for r in snippet["routes"]}, "general": None}
     # Each added threshold sits below its route's llm, as one would write it by hand.
@@ -128,6 +131,7 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
     for r in routing_block(after["applications"][0])["routes"]:
         r.pop("threshold", None)
     routing_block(after["applications"][0])["top_k"] = routing_block(before["applications"][0])["top_k"]
+    routing_block(after["applications"][0])["thread"] = routing_block(before["applications"][0])["thread"]
     assert after == before
 
 
@@ -137,7 +141,7 @@ def test_write_with_the_current_values_keeps_the_file(tmp_path):
     config_path.write_text(text)
     block = _ingress_block(text)
     thresholds = {r["name"]: r["threshold"] for r in block["routes"] if "threshold" in r}
-    cal.write_calibration(config_path, cal.Fit(block["top_k"], thresholds, 1.0, 1.0))
+    cal.write_calibration(config_path, cal.Fit(block["top_k"], thresholds, block["thread"]["switch_margin"], 1.0, 1.0))
     assert config_path.read_text() == text
 
 
@@ -146,7 +150,8 @@ def test_write_sets_existing_values_in_place(tmp_path):
     config_path = tmp_path / "serve_config.yaml"
     config_path.write_text(text)
     thresholds = {"code": 0.31, "math": 0.12}
-    cal.write_calibration(config_path, cal.Fit(7, thresholds, 1.0, 1.0))
+    margin = _ingress_block(text)["thread"]["switch_margin"]
+    cal.write_calibration(config_path, cal.Fit(7, thresholds, margin, 1.0, 1.0))
     written = config_path.read_text()
     # Comments, quotes, order and indentation: all as they were, the three values changed on their own lines.
     assert written == _edited_as_text(text, 7, thresholds)
@@ -155,8 +160,8 @@ def test_write_sets_existing_values_in_place(tmp_path):
     assert (routing.top_k, routing.route("code").threshold, routing.route("math").threshold) == (7, 0.31, 0.12)
 
 
-@pytest.mark.parametrize("fit", [cal.Fit(5, {"code": 0.305}, 1.0, 1.0),  # not writable as a two-decimal value
-                                 cal.Fit(5, {"poetry": 0.3}, 1.0, 1.0)])  # no such route
+@pytest.mark.parametrize("fit", [cal.Fit(5, {"code": 0.305}, 0.15, 1.0, 1.0),  # not writable as a two-decimal value
+                                 cal.Fit(5, {"poetry": 0.3}, 0.15, 1.0, 1.0)])  # no such route
 def test_write_refuses_what_it_cannot_set_exactly(fit, tmp_path):
     config_path = tmp_path / "serve_config.yaml"
     config_path.write_text(SERVE_CONFIG.read_text())

@@ -1,8 +1,9 @@
-"""The real embedding model (all-MiniLM-L6-v2 from its PyPI package) and the ingress's Router, with the shipped
-config, in one process: the decision the deployments make, without the hop between them."""
+"""The real embedding model (all-MiniLM-L6-v2 from its PyPI package, fitted to the routes) and the ingress's
+Decider, with the shipped config, in one process: the decision the deployments make, without the hop between them."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -16,11 +17,17 @@ from serve_app.tools.eval import InProcessRouter
 from serve_app.tools.labelled import load_labelled
 from tests.conftest import DEV_SET
 
-# Floors on the held-out half of the development set (serve_app.tools.labelled.part_of; the thresholds and
-# top_k were fitted on the other half). Measured 0.975 macro-F1 and a lowest class recall of 0.963;
-# the floors leave room for encoder/library drift, not for a worse router.
-DEV_HOLDOUT_MACRO_F1_FLOOR = 0.96
-DEV_HOLDOUT_RECALL_FLOOR = 0.93
+# Floors on the held-out halves of the development sets (serve_app.tools.labelled.part_of; the thresholds,
+# top_k and switch_margin were fitted on the other halves, the encoder on the routes' examples only).
+# Measured (docs/routing.md): single-turn 0.980 macro-F1, lowest class recall 0.961; conversations 0.917
+# macro-F1, agent loops 20 of 21 on their task's route; numeric general questions 0.953 accuracy. The floors
+# leave room for encoder/library drift (another CPU runs another backend), not for a worse router.
+DEV_HOLDOUT_MACRO_F1_FLOOR = 0.97
+DEV_HOLDOUT_RECALL_FLOOR = 0.95
+CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.90
+AGENT_LOOPS_HOLDOUT_FLOOR = 0.90  # share of agent loops routed to their task's route
+NUMERIC_GENERAL_HOLDOUT_FLOOR = 0.93
+DATA = DEV_SET.parent
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +43,9 @@ def classifier(app_config, encoder) -> InProcessRouter:
 def test_seed_examples(classifier, text, route):
     decision = classifier.classify((text,))
     assert decision.route == route and decision.reason == "classified"
-    scores = classifier.decider.candidates((text,), classifier.embed([(text,)])[0])[0][0]
-    assert decision.score == max(scores.values()) == scores[route]
+    thread = classifier.decider.read((text,))
+    [turn] = classifier.decider.turns(thread, classifier.embed([thread.texts])[0])
+    assert decision.score == max(turn.scores.values()) == turn.scores[route]
 
 
 def test_capital_is_not_code(classifier):
@@ -51,7 +59,7 @@ def test_follow_up_stays_with_the_conversation(classifier):
         {"role": "assistant", "content": "def reverse(head): ..."},
         {"role": "user", "content": "and now in Rust?"},
     ]})
-    decision = classifier.classify(parsed.routing_texts)
+    decision = classifier.classify(parsed.turns)
     assert decision.route == "code"
 
 
@@ -83,6 +91,42 @@ def test_development_set_holdout_floor(classifier):
     assert min(recalls.values()) >= DEV_HOLDOUT_RECALL_FLOOR, f"recall per class {recalls}"
 
 
+def test_conversations_holdout_floor(classifier):
+    items = load_labelled(DATA / "conversations.jsonl", part="holdout")
+    kinds = {json.loads(line)["id"]: json.loads(line)["kind"]
+             for line in (DATA / "conversations.jsonl").read_text().splitlines()}
+    decisions = [classifier.classify(i.texts) for i in items]
+    scores = classification_scores([i.label for i in items], [d.route for d in decisions], ["code", "math", "general"])
+    assert scores.macro_f1 >= CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR, f"macro-F1 {scores.macro_f1:.3f}"
+    loops = [d.route == i.label for i, d in zip(items, decisions) if kinds[i.key] == "agent_loop"]
+    assert sum(loops) / len(loops) >= AGENT_LOOPS_HOLDOUT_FLOOR, f"{sum(loops)} of {len(loops)} agent loops"
+    # The thread decides often, and says so: x-router-reason is "context" then.
+    assert sum(d.reason == "context" for d in decisions) >= len(items) // 4
+
+
+def test_numeric_general_holdout_floor(classifier):
+    items = load_labelled(DATA / "numeric_general.jsonl", part="holdout")
+    right = sum(classifier.classify(i.texts).route == i.label for i in items)
+    assert right / len(items) >= NUMERIC_GENERAL_HOLDOUT_FLOOR, f"{right} of {len(items)}"
+
+
+def test_an_agent_loop_stays_on_its_tasks_route_whatever_the_framework_adds(classifier):
+    task = "Fix the failing test in tests/test_parser.py; the tokenizer drops the last token"
+    loop = [task, "<system-reminder>Keep answers short. The todo list is empty.</system-reminder>", "continue",
+            "[Tool output truncated]\nPlease continue from where you left off.", "try again"]
+    routes = {classifier.classify(tuple(loop[:n])).route for n in range(1, len(loop) + 1)}
+    assert routes == {"code"}
+    assert classifier.classify(("<system-reminder>Be brief.</system-reminder>",)).reason == "no_text"
+
+
+def test_a_change_of_subject_leaves_the_conversation(classifier):
+    maths = ("Solve 3x + 7 = 22 for x", "thanks! unrelated: what's the capital of Peru?")
+    decision = classifier.classify(maths)
+    assert (decision.route, decision.reason) == ("general", "classified")
+    assert classifier.decider.read(maths).switched == (False, True)
+    assert classifier.decider.read(maths).texts[1] == "what's the capital of Peru?"
+
+
 def test_a_new_category_needs_only_config(router_args, routing_args, encoder):
     # A creative-writing route: its examples, and general's poems and stories moved over to it.
     routes = []
@@ -106,4 +150,4 @@ def test_a_new_category_needs_only_config(router_args, routing_args, encoder):
         "What is 12% of 250?", "Write a polite email asking for a refund")]
     assert [d.route for d in routed] == ["creative"] * 3 + ["code", "math", "general"]
     assert all(d.reason == "classified" for d in routed)
-    assert classifier.decider.index.route_names == ["code", "math", "general", "creative"]
+    assert classifier.decider.routes == ["code", "math", "general", "creative"]

@@ -256,3 +256,15 @@ def test_a_mixture_of_in_cluster_and_external_llms_is_valid(router_args):
                        "api_key_env": "CODER_KEY"}
     config = RouterConfig.model_validate(args)
     assert config.llms[0].external and not config.llms[1].external
+
+
+@pytest.mark.parametrize("thread, message", [
+    ({"switch_margn": 0.2}, "thread.switch_margn"),
+    ({"switch": ["(unclosed"]}, "'(unclosed' is not a valid regular expression"),
+    ({"strip": ["  "]}, "patterns may not be blank"),
+    ({"follow_up": ["ok", " "]}, "follow_up examples may not be blank"),
+    ({"switch_margin": -0.1}, "greater than or equal to 0"),
+])
+def test_the_thread_block_is_checked(routing_args, thread, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        RoutingConfig.model_validate({**routing_args, "thread": {**routing_args["thread"], **thread}})

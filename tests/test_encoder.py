@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from serve_app.config.schema import DEFAULT_MAX_SEQ_LENGTH
+from serve_app.embedded import cache_dir
 from serve_app.routing.cpu_features import BF16_FLAGS, INT8_FLAGS, CPUInfo, cpu_info
 from serve_app.routing.encoder import (
     ClassifierLoadError,
@@ -26,7 +27,7 @@ from serve_app.tools.eval import InProcessRouter
 from serve_app.tools.labelled import load_labelled
 from tests.conftest import DEV_SET, SERVE_CONFIG
 
-MODEL = "embedded:all-MiniLM-L6-v2"
+MODEL = "fitted:all-MiniLM-L6-v2"  # the shipped classifier model: the embedded one fitted to the routes
 # The task's bound: every backend within this macro-F1 of torch fp32 on the development set.
 MAX_F1_LOSS = 0.005
 # Each CPU backend as this CPU runs it, and as a CPU without int8/bf16 units runs it.
@@ -48,6 +49,7 @@ def export_cache(tmp_path_factory):
     """Exports go to a fresh cache, made once for the module: the export itself is under test."""
     with pytest.MonkeyPatch.context() as mp:
         path = tmp_path_factory.mktemp("encoder-cache")
+        (path / "fitted").symlink_to(cache_dir() / "fitted")  # the fitted model is an input here, not under test
         mp.setenv("SEMANTIC_ROUTER_CACHE", str(path))
         yield path
 
@@ -63,10 +65,11 @@ def dev_items(app_config):
 
 
 def dev_macro_f1(app_config, encoder: Encoder, items) -> float:
-    """The dev set routed with ``encoder``: every item's texts embedded in one call, then the ingress's Router."""
-    router = InProcessRouter.from_config(app_config, encoder).decider
-    predicted = [router.decide(item.texts, vectors).route
-                 for item, vectors in zip(items, embed_queries(encoder, [i.texts for i in items]))]
+    """The dev set routed with ``encoder``: every item's texts embedded in one call, then the ingress's Decider."""
+    decider = InProcessRouter.from_config(app_config, encoder).decider
+    threads = [decider.read(item.texts) for item in items]
+    predicted = [decider.decide(thread, vectors).route
+                 for thread, vectors in zip(threads, embed_queries(encoder, [t.texts for t in threads]))]
     routes = [r.name for r in app_config.routing.routes]
     return classification_scores([i.label for i in items], predicted, routes).macro_f1
 
@@ -196,7 +199,7 @@ def test_replicas_starting_together_export_once(tmp_path, monkeypatch, caplog):
     names = []
 
     def start() -> None:  # a thread that fails adds no name
-        names.append(load_encoder(MODEL, "onnx").name)
+        names.append(load_encoder("embedded:all-MiniLM-L6-v2", "onnx").name)  # this fresh cache has no fitted model
 
     with caplog.at_level(logging.INFO, logger="serve_app.routing.encoder"):
         threads = [threading.Thread(target=start) for _ in range(3)]

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from serve_app.api.errors import describe_error
 from serve_app.config.schema import RouteConfig, RoutingConfig
 from serve_app.routing.keywords import KeywordHits, KeywordMatcher, compile_pattern
-from serve_app.routing.policy import RoutingPolicy
+from serve_app.routing.policy import RoutingPolicy, Turn
 
 POLICY = RoutingPolicy({"code": 0.3, "math": 0.3, "general": 0.3}, "general")
 
@@ -40,29 +40,29 @@ def test_shipped_rules(routing_args):
 
 
 def test_forced_route_wins_over_scores_and_threshold():
-    d = POLICY.decide([{"code": 0.1, "math": 0.5, "general": 0.2}], [KeywordHits(forced=frozenset({"code"}))])
+    d = POLICY.decide([Turn({"code": 0.1, "math": 0.5, "general": 0.2}, KeywordHits(forced=frozenset({"code"})))])
     assert (d.route, d.reason, d.score) == ("code", "keyword", 0.1)
 
 
 def test_excluded_route_cannot_win():
-    d = POLICY.decide([{"code": 0.2, "math": 0.6, "general": 0.4}], [KeywordHits(excluded=frozenset({"math"}))])
+    d = POLICY.decide([Turn({"code": 0.2, "math": 0.6, "general": 0.4}, KeywordHits(excluded=frozenset({"math"})))])
     assert (d.route, d.reason, d.score) == ("general", "classified", 0.4)
-    d = POLICY.decide([{"code": 0.2, "math": 0.6, "general": 0.1}], [KeywordHits(excluded=frozenset({"math"}))])
+    d = POLICY.decide([Turn({"code": 0.2, "math": 0.6, "general": 0.1}, KeywordHits(excluded=frozenset({"math"})))])
     assert (d.route, d.reason) == ("general", "below_threshold")
 
 
 def test_exclusion_beats_force_and_all_excluded_falls_back():
     both = KeywordHits(forced=frozenset({"math"}), excluded=frozenset({"math"}))
-    assert POLICY.decide([{"code": 0.5, "math": 0.6, "general": 0.1}], [both]).route == "code"
+    assert POLICY.decide([Turn({"code": 0.5, "math": 0.6, "general": 0.1}, both)]).route == "code"
     everything = KeywordHits(excluded=frozenset({"code", "math", "general"}))
-    d = POLICY.decide([{"code": 0.5, "math": 0.6, "general": 0.1}], [everything])
+    d = POLICY.decide([Turn({"code": 0.5, "math": 0.6, "general": 0.1}, everything)])
     assert (d.route, d.reason) == ("general", "below_threshold")
 
 
 def test_keyword_in_the_conversation_decides_a_vague_follow_up():
     vague = {"code": 0.1, "math": 0.1, "general": 0.2}
-    d = POLICY.decide([vague, vague], [KeywordHits(), KeywordHits(forced=frozenset({"code"}))])
-    assert (d.route, d.reason) == ("code", "keyword")
+    d = POLICY.decide([Turn(vague, KeywordHits(forced=frozenset({"code"}))), Turn(vague)])
+    assert (d.route, d.reason) == ("code", "context")
 
 
 def _with_keywords(routing_args, keywords) -> dict:

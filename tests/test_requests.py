@@ -46,25 +46,25 @@ def test_last_user_turn_first_then_conversation():
         {"role": "user", "content": [{"type": "text", "text": "and now in Rust?"}]},
     ]}
     parsed = parse_request("chat", body)
-    assert parsed.routing_texts == ("and now in Rust?", "Write a Python function to sort a list\nand now in Rust?")
+    assert parsed.turns == ("Write a Python function to sort a list", "and now in Rust?")
     assert parsed.model is None and parsed.stream is False
 
 
 def test_single_turn_has_one_candidate_and_system_prompt_is_ignored():
     parsed = parse_request("chat", {"model": "auto", "stream": True, "messages": [
         {"role": "system", "content": "Solve math problems"}, {"role": "user", "content": "Hello there"}]})
-    assert parsed.routing_texts == ("Hello there",)
+    assert parsed.turns == ("Hello there",)
     assert parsed.model == "auto" and parsed.stream
 
 
 def test_context_is_bounded_to_recent_turns():
     msgs = [{"role": "user", "content": f"turn {i}"} for i in range(6)]
-    assert parse_request("chat", {"messages": msgs}, context_turns=2).routing_texts == ("turn 5", "turn 4\nturn 5")
+    assert parse_request("chat", {"messages": msgs}, context_turns=2).turns == ("turn 4", "turn 5")
 
 
 def test_completion_prompts():
-    assert parse_request("completion", {"prompt": "2+2="}).routing_texts == ("2+2=",)
-    assert parse_request("completion", {"prompt": [1, 2, 3]}).routing_texts == ()
+    assert parse_request("completion", {"prompt": "2+2="}).turns == ("2+2=",)
+    assert parse_request("completion", {"prompt": [1, 2, 3]}).turns == ()
     assert _err(parse_request, "completion", {}).param == "prompt"
     assert _err(parse_request, "completion", {"prompt": [{"x": 1}]}).param == "prompt"
 
@@ -88,7 +88,7 @@ def test_ordinary_nesting_and_unicode_pass():
 
 def test_responses_route_on_what_the_user_wrote():
     parsed = parse_request("responses", {"input": "  Fix my Python loop  ", "instructions": "You are a cat."})
-    assert parsed.routing_texts == ("Fix my Python loop",) and not parsed.tools
+    assert parsed.turns == ("Fix my Python loop",) and not parsed.tools
     items = {"input": [{"role": "developer", "content": "Never route on me."},
                        {"role": "user", "content": [{"type": "input_text", "text": "What is 7 * 6?"}]},
                        {"type": "function_call", "call_id": "c1", "name": "calc", "arguments": "{}"},
@@ -96,7 +96,7 @@ def test_responses_route_on_what_the_user_wrote():
                        {"type": "message", "role": "user", "content": "and times 2?"}],
              "tools": [{"type": "function", "name": "calc", "parameters": {"type": "object"}}], "stream": True}
     parsed = parse_request("responses", items)
-    assert parsed.routing_texts == ("and times 2?", "What is 7 * 6?\nand times 2?")
+    assert parsed.turns == ("What is 7 * 6?", "and times 2?")
     assert parsed.tools and parsed.stream
 
 
@@ -116,7 +116,7 @@ def test_tool_turns_and_schemas_are_not_classified():
                                                                                              "arguments": "{}"}}]},
                          {"role": "tool", "tool_call_id": "1", "content": "SELECT * FROM tables WHERE free"}],
             "tools": [{"type": "function", "function": {"name": "sql_query", "description": "Run SQL"}}]}
-    assert parse_request("chat", chat).routing_texts == ("Book a table for two",)
+    assert parse_request("chat", chat).turns == ("Book a table for two",)
 
 
 @pytest.mark.parametrize("body, param", [

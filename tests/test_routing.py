@@ -12,29 +12,82 @@ from serve_app.config.graph import plan
 from serve_app.config.schema import RouterConfig, RoutingConfig
 from serve_app.dispatch.routes import RouteTable
 from serve_app.routing.examples import ExampleIndex
-from serve_app.routing.policy import RoutingPolicy
+from serve_app.routing.keywords import KeywordHits
+from serve_app.routing.policy import RoutingPolicy, Turn
 
-POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general")
+POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general", switch_margin=0.15)
+
+
+def _turns(*scores: dict[str, float], **fields) -> list[Turn]:
+    return [Turn(s, **fields) for s in scores]
 
 
 def test_best_route_above_its_threshold_wins():
-    d = POLICY.decide([{"code": 0.6, "math": 0.2, "general": 0.1}])
+    d = POLICY.decide(_turns({"code": 0.6, "math": 0.2, "general": 0.1}))
     assert (d.route, d.reason, d.score) == ("code", "classified", 0.6)
 
 
 def test_below_threshold_falls_back_to_default_with_its_score():
-    d = POLICY.decide([{"code": 0.1, "math": 0.35, "general": 0.2}])  # math needs 0.4
+    d = POLICY.decide(_turns({"code": 0.1, "math": 0.35, "general": 0.2}))  # math needs 0.4
     assert (d.route, d.reason, d.score) == ("general", "below_threshold", 0.35)
-
-
-def test_conversation_context_decides_a_vague_follow_up():
-    d = POLICY.decide([{"code": 0.2, "math": 0.1, "general": 0.15}, {"code": 0.5, "math": 0.1, "general": 0.1}])
-    assert (d.route, d.reason) == ("code", "context")
 
 
 def test_no_text_goes_to_default():
     d = POLICY.decide([])
     assert (d.route, d.reason, d.score) == ("general", "no_text", None)
+
+
+def test_a_vague_follow_up_keeps_the_conversations_route():
+    d = POLICY.decide(_turns({"code": 0.5, "math": 0.1, "general": 0.1}, {"code": 0.2, "math": 0.1, "general": 0.15}))
+    assert (d.route, d.reason, d.score) == ("code", "context", 0.5)
+
+
+def test_a_confident_follow_up_stays_unless_it_is_confidently_elsewhere():
+    chemistry = {"code": 0.1, "math": 0.1, "general": 0.5}
+    # "undo this process": code by a little on its own, not by the margin: the conversation keeps general.
+    assert POLICY.decide(_turns(chemistry, {"code": 0.4, "math": 0.1, "general": 0.3})).route == "general"
+    # "write that as a Python function": code by far more than the margin.
+    d = POLICY.decide(_turns(chemistry, {"code": 0.6, "math": 0.1, "general": 0.2}))
+    assert (d.route, d.reason) == ("code", "classified")
+    # A turn that agrees with the conversation decided it.
+    assert POLICY.decide(_turns(chemistry, {"code": 0.1, "math": 0.1, "general": 0.45})).reason == "classified"
+
+
+def test_a_turn_nearer_the_follow_up_examples_never_moves_the_conversation():
+    maths, shorter = {"code": 0.1, "math": 0.6, "general": 0.2}, {"code": 0.5, "math": 0.1, "general": 0.1}
+    assert POLICY.decide([Turn(maths), Turn(shorter, follow_up=0.4)]).route == "code"
+    d = POLICY.decide([Turn(maths), Turn(shorter, follow_up=0.55)])
+    assert (d.route, d.reason) == ("math", "context")
+
+
+def test_a_change_of_subject_is_decided_alone():
+    code = {"code": 0.6, "math": 0.1, "general": 0.1}
+    peru = {"code": 0.2, "math": 0.1, "general": 0.32}
+    assert POLICY.decide([Turn(code), Turn(peru)]).route == "code"
+    d = POLICY.decide([Turn(code), Turn(peru, switched=True)])
+    assert (d.route, d.reason) == ("general", "classified")
+
+
+def test_a_conversation_held_by_default_takes_the_first_confident_turn():
+    vague, maths = {"code": 0.1, "math": 0.2, "general": 0.1}, {"code": 0.1, "math": 0.45, "general": 0.35}
+    d = POLICY.decide(_turns(vague, maths))  # math beats general by less than the margin, but general was a default
+    assert (d.route, d.reason) == ("math", "classified")
+    d = POLICY.decide(_turns(vague, vague))
+    assert (d.route, d.reason) == ("general", "below_threshold")
+
+
+def test_keywords_force_or_exclude_on_any_turn():
+    maths = {"code": 0.1, "math": 0.6, "general": 0.2}
+    fenced = Turn({"code": 0.2, "math": 0.3, "general": 0.1}, KeywordHits(forced=frozenset({"code"})))
+    assert POLICY.decide([Turn(maths), fenced]).reason == "keyword"
+    no_math = Turn(maths, KeywordHits(excluded=frozenset({"math"})))
+    assert POLICY.decide([no_math]).route == "general"
+
+
+def test_the_same_thread_always_gets_the_same_route():
+    turns = _turns({"code": 0.5, "math": 0.2, "general": 0.1}, {"code": 0.2, "math": 0.44, "general": 0.1},
+                   {"code": 0.3, "math": 0.3, "general": 0.3})
+    assert len({POLICY.decide(turns) for _ in range(5)}) == 1
 
 
 def test_example_index_scores_match_a_per_route_loop():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -181,6 +182,26 @@ def test_bad_requests_get_openai_errors(router, content, status, param):
                           headers={"content-type": "application/json"})
     error = _assert_openai_error(response, status)
     assert error["param"] == param
+
+
+def _error_lines(graph, pattern: str) -> int:
+    """ERROR lines in the Serve replicas' logs of the graph that match ``pattern``."""
+    return sum(1 for path in Path(graph.ray_tmp).glob("**/serve/replica_*.log")
+               for line in path.read_text(errors="replace").splitlines() if " ERROR " in line and pattern in line)
+
+
+def test_a_clients_mistake_is_not_logged_as_a_server_error(graph, router):
+    """vLLM refuses temperature -3 with a 400: an INFO line in the LLM replica, no ERROR with a traceback."""
+    before = _error_lines(graph, "Request failed")
+    for stream in (False, True):
+        response = httpx.post(f"{router}/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": "hi"}], "temperature": -3, "stream": stream})
+        assert "temperature" in _assert_openai_error(response, 400)["message"]
+    time.sleep(2)  # log lines reach the files within a moment
+    assert _error_lines(graph, "Request failed") == before
+    refused = sum(path.read_text(errors="replace").count("Refused a request: 400")
+                  for path in Path(graph.ray_tmp).glob("**/serve/replica_*llm-*.log"))
+    assert refused >= 2
 
 
 def test_openai_client_sees_typed_errors(client):

@@ -56,8 +56,8 @@ class ParsedRequest:
     body: dict[str, Any]
     model: str | None  # None or "auto": classify
     stream: bool
-    # Texts to classify, most specific first: the last user turn, then the recent conversation.
-    routing_texts: tuple[str, ...]
+    # What routing reads: the user's last turns (at most context_turns), oldest first.
+    turns: tuple[str, ...]
     tools: bool = False  # asks the model to call tools (tool_choice other than "none")
 
 
@@ -108,8 +108,8 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int =
             prompt = completion.prompt
             # Token ids say nothing readable: the default route answers them.
             prompts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
-            texts = _candidates([p.strip() for p in prompts if p.strip()], 1)
-            return ParsedRequest(body, completion.model or None, bool(completion.stream), texts)
+            texts = [p.strip() for p in prompts if p.strip()][-1:]
+            return ParsedRequest(body, completion.model or None, bool(completion.stream), tuple(texts))
         # Only what the user wrote says what the request is about: system prompts and instructions are the
         # operator's standing orders, tool schemas describe tools, assistant and tool turns are output.
         if endpoint == "chat":
@@ -129,15 +129,7 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int =
         raise OpenAIError.invalid(exc) from None
     tools = bool(routed.tools) and routed.tool_choice != "none"
     return ParsedRequest(body, routed.model or None, bool(routed.stream),
-                         _candidates([t for t in turns if t], context_turns), tools)
-
-
-def _candidates(turns: list[str], context_turns: int) -> tuple[str, ...]:
-    if not turns:
-        return ()
-    last = turns[-1]
-    context = "\n".join(turns[-context_turns:])
-    return (last,) if context == last else (last, context)
+                         tuple([t for t in turns if t][-context_turns:]), tools)
 
 
 def content_text(content: Any) -> str:

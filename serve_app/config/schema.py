@@ -135,14 +135,7 @@ class KeywordRules(StrictModel):
     @field_validator("force", "exclude")
     @classmethod
     def _patterns_compile(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            if not pattern.strip():
-                raise ValueError("keyword patterns may not be blank")
-            try:
-                re.compile(pattern)  # compiles alone, so it compiles inside the whole-word wrapper too
-            except re.error as exc:
-                raise ValueError(f"keyword pattern {pattern!r} is not a valid regular expression: {exc}") from None
-        return value
+        return _compiling(value)
 
 
 SAMPLING_DEFAULTS = ("temperature", "top_p", "max_tokens")
@@ -197,13 +190,59 @@ class RouteConfig(StrictModel):
         return value
 
 
+def _compiling(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if not pattern.strip():
+            raise ValueError("patterns may not be blank")
+        try:
+            re.compile(pattern)  # compiles alone, so it compiles inside the whole-word wrapper too
+        except re.error as exc:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
+class ThreadConfig(StrictModel):
+    """How a conversation is read: each user turn in the light of the ones before it (serve_app/routing/policy.py).
+
+    The first turn decides alone; each later turn keeps the conversation's route unless it is confidently
+    elsewhere, so a follow-up ("shorter", "now in Rust", "what's the probability then?") and an agent's loop stay
+    on one model, and the same thread always gets the same route.
+    """
+
+    switch_margin: float = Field(
+        0.15, ge=0, le=2, description="A later turn moves the conversation to its own best route only when that "
+        "route scores this much above the conversation's route on the turn.")
+    follow_up: list[str] = Field(
+        default_factory=list, description="Turns that only make sense with the thread (shorter, in French, continue, "
+        "explain step 2): a turn nearer to these than to any route keeps the conversation's route.")
+    switch: list[str] = Field(
+        default_factory=list, description="Whole-word, case-insensitive regular expressions that mark a change of "
+        "subject (unrelated, different question): the text after the last one is decided alone.")
+    strip: list[str] = Field(
+        default_factory=list, description="Case-insensitive regular expressions for text an agent framework adds to "
+        "user turns (<system-reminder>...</system-reminder>): removed before reading; a turn left empty is skipped.")
+
+    @field_validator("follow_up")
+    @classmethod
+    def _no_blank_follow_ups(cls, value: list[str]) -> list[str]:
+        if any(not e.strip() for e in value):
+            raise ValueError("follow_up examples may not be blank")
+        return value
+
+    @field_validator("switch", "strip")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        return _compiling(value)
+
+
 class RoutingConfig(StrictModel):
     """The routing block: the ``user_config`` of the Ingress deployment, the one owner of routing."""
 
     default_route: str = Field("general", description="Answers requests no route is confident about.")
     threshold: float = Field(0.2, ge=-1, le=1, description="Below this score a request goes to the default route.")
     top_k: int = Field(5, ge=1, description="A route's score is the mean similarity of its k nearest examples.")
-    context_turns: int = Field(3, ge=1, description="User turns read when the last one alone is not confident.")
+    context_turns: int = Field(3, ge=1, description="User turns the decision reads: the last one and those before it.")
+    thread: ThreadConfig = Field(default_factory=lambda: ThreadConfig(), description="How a conversation is read.")
     request_timeout_s: float = Field(
         600, gt=0, description="Longest wait for an LLM to start answering: a stream's first chunk, or a whole answer "
         "(which arrives in one piece). Past it, the route's fallback is asked, else 504. A started stream is not cut.")

@@ -1,50 +1,92 @@
-"""One routing block compiled for deciding: from a request's texts and their embeddings to a route.
+"""One routing block compiled for deciding: from a request's user turns and their embeddings to a route.
 
 The ingress builds a ``Decider`` from each routing block it accepts (with the route table that says which
 LLM answers each route, serve_app/dispatch/routes.py) and swaps both in one assignment, so a request is
 decided by exactly one block from start to end. The offline tools (eval, calibrate) build the very same
 one, with the examples embedded in-process by the same model, and need nothing about the LLMs.
+
+Two steps, with the embedding between them (the Classifier deployment's, or the tools' in-process):
+``read`` turns the user's turns into the texts to embed, ``decide`` scores them and applies the policy.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from serve_app.config.schema import RoutingConfig
 from serve_app.routing.examples import ExampleIndex
-from serve_app.routing.keywords import KeywordHits, KeywordMatcher
-from serve_app.routing.policy import RoutingDecision, RoutingPolicy
+from serve_app.routing.keywords import KeywordMatcher, compile_pattern
+from serve_app.routing.policy import RoutingDecision, RoutingPolicy, Turn
+
+FOLLOW_UP = "<follow-up>"  # the follow-up examples' row in the index: never a route name
 
 
 def examples_of(config: RoutingConfig) -> list[str]:
-    """Every route's examples, route after route: the order ``Decider`` expects their embeddings in."""
-    return [example for route in config.routes for example in route.examples]
+    """Every route's examples, route after route, then the follow-up examples: the order ``Decider`` expects."""
+    return [example for route in config.routes for example in route.examples] + list(config.thread.follow_up)
+
+
+@dataclass(frozen=True)
+class Thread:
+    """The user's turns as the decision reads them, oldest first."""
+
+    texts: tuple[str, ...]  # what is embedded: a turn that changes the subject, from its marker on
+    switched: tuple[bool, ...]
 
 
 class Decider:
     def __init__(self, config: RoutingConfig, example_embeddings: np.ndarray) -> None:
         routes = config.routes
-        per_route = np.split(example_embeddings, np.cumsum([len(r.examples) for r in routes])[:-1])
+        sizes = [len(r.examples) for r in routes] + ([len(config.thread.follow_up)] if config.thread.follow_up else [])
+        groups = np.split(example_embeddings, np.cumsum(sizes)[:-1])
+        names = [r.name for r in routes] + ([FOLLOW_UP] if config.thread.follow_up else [])
         self.config = config
-        self.index = ExampleIndex([r.name for r in routes], per_route, config.top_k)
+        self.routes = [r.name for r in routes]
+        self.index = ExampleIndex(names, groups, config.top_k)
         self.keywords = KeywordMatcher({r.name: r.keywords.force for r in routes},
                                        {r.name: r.keywords.exclude for r in routes})
         self.policy = RoutingPolicy({r.name: config.threshold if r.threshold is None else r.threshold for r in routes},
-                                    config.default_route)
+                                    config.default_route, config.thread.switch_margin)
+        self._switch = [compile_pattern(p) for p in config.thread.switch]
+        self._strip = [re.compile(p, re.IGNORECASE) for p in config.thread.strip]
 
     @property
     def default_route(self) -> str:
         return self.config.default_route
 
-    def candidates(self, texts: Sequence[str], embeddings: np.ndarray,
-                   top_k: int | None = None) -> tuple[list[dict[str, float]], list[KeywordHits]]:
-        """Each candidate text's route scores and keyword hits: what the policy decides on."""
-        return self.index.scores(embeddings, top_k), [self.keywords.hits(t) for t in texts]
+    def read(self, turns: Sequence[str]) -> Thread:
+        """The texts to embed for a request's user turns (oldest first, blank ones already left out)."""
+        texts, switched = [], []
+        for turn in turns:
+            for pattern in self._strip:
+                turn = pattern.sub(" ", turn)
+            turn = turn.strip()
+            if not turn:  # only what a framework added: nothing the user wrote
+                continue
+            rest = self._after_switch(turn) if texts else None
+            texts.append(rest or turn)
+            switched.append(rest is not None)
+        return Thread(tuple(texts), tuple(switched))
 
-    def decide(self, texts: Sequence[str], embeddings: np.ndarray) -> RoutingDecision:
-        """The route for a request's candidate texts (last user turn first) and their unit-norm embeddings."""
-        if not texts:
+    def _after_switch(self, text: str) -> str | None:
+        """What follows the last change-of-subject marker (the whole turn if nothing does); None without one."""
+        ends = [m.end() for pattern in self._switch for m in pattern.finditer(text)]
+        if not ends:
+            return None
+        return text[max(ends):].lstrip(" \t\n:;,.!?-\u2013\u2014").strip() or text
+
+    def turns(self, thread: Thread, embeddings: np.ndarray, top_k: int | None = None) -> list[Turn]:
+        """Each turn's route scores, follow-up similarity and keyword hits: what the policy decides on."""
+        rows = self.index.scores(embeddings, top_k)
+        return [Turn({r: row[r] for r in self.routes}, self.keywords.hits(text), row.get(FOLLOW_UP, float("-inf")),
+                     switched) for text, switched, row in zip(thread.texts, thread.switched, rows)]
+
+    def decide(self, thread: Thread, embeddings: np.ndarray) -> RoutingDecision:
+        """The route for a request's thread and its texts' unit-norm embeddings."""
+        if not thread.texts:
             return RoutingDecision(self.default_route, "no_text")
-        return self.policy.decide(*self.candidates(texts, embeddings))
+        return self.policy.decide(self.turns(thread, embeddings))

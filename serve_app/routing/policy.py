@@ -1,4 +1,19 @@
-"""The routing policy: from similarity scores and keyword hits to a route."""
+"""The routing policy: from each user turn's similarity scores and keyword hits to one route for the request.
+
+A conversation is read turn by turn, oldest first, and the route it holds after its last turn answers:
+
+- the first turn decides alone: its best route if that clears its threshold (or a keyword forces one), else
+  the default route;
+- a later turn keeps the conversation's route, unless it marks a change of subject (it is then decided alone),
+  a keyword forces another route, or it is confidently elsewhere: its own best route clears its threshold and
+  beats the conversation's route on this turn by ``switch_margin``. A turn nearer to the follow-up examples
+  than to any route ("shorter", "in French", "continue") never moves the conversation;
+- a conversation held by the default route for want of a better one takes the first turn confident enough.
+
+Stateless and deterministic: the same turns always give the same route, so an agent's tool loop (whose user
+turns do not change) stays on one model, and turn N+1 goes where turn N went unless the user changed the
+subject. Measured against the alternatives in docs/routing.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +23,7 @@ from typing import Literal
 
 from serve_app.routing.keywords import NO_HITS, KeywordHits
 
+# classified: the last turn decided; context: the conversation before it did.
 Reason = Literal["classified", "context", "keyword", "below_threshold", "no_text", "explicit", "classifier_error"]
 # Decisions that sent a request to the default route for want of a better one.
 FALLBACK_REASONS = frozenset({"below_threshold", "no_text", "classifier_error"})
@@ -20,36 +36,62 @@ class RoutingDecision:
     score: float | None = None  # the winning route's score (the best score when below every threshold)
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One user turn as the policy sees it."""
+
+    scores: Mapping[str, float]  # each route's similarity
+    hits: KeywordHits = NO_HITS
+    follow_up: float = float("-inf")  # similarity to the follow-up examples
+    switched: bool = False  # it marks a change of subject: decided alone
+
+
 class RoutingPolicy:
-    """Pick the best-scoring route if it clears its threshold, else the default route.
-
-    Candidates are tried in order (the last user turn, then the recent conversation): a follow-up
-    such as "and now in Rust?" is not confident alone, but the conversation around it is. A
-    candidate's keyword hits come first: an excluded route cannot win it, a forced one wins it.
-    """
-
-    def __init__(self, thresholds: Mapping[str, float], default_route: str) -> None:
+    def __init__(self, thresholds: Mapping[str, float], default_route: str, switch_margin: float = 0.15) -> None:
         if default_route not in thresholds:
             raise ValueError(f"default route {default_route!r} has no threshold")
         self.thresholds = dict(thresholds)
         self.default_route = default_route
+        self.switch_margin = switch_margin
 
-    def decide(self, candidates: Sequence[Mapping[str, float]],
-               hits: Sequence[KeywordHits] = ()) -> RoutingDecision:
-        if not candidates:
+    def alone(self, turn: Turn) -> RoutingDecision:
+        """One turn by itself: a forced route, else the best-scoring one if it clears its threshold, else default."""
+        allowed = {r: s for r, s in turn.scores.items() if r not in turn.hits.excluded}
+        forced = [r for r in allowed if r in turn.hits.forced]
+        if forced:
+            best = max(forced, key=allowed.__getitem__)
+            return RoutingDecision(best, "keyword", allowed[best])
+        if not allowed:  # every route excluded
+            return RoutingDecision(self.default_route, "below_threshold")
+        best = max(allowed, key=allowed.__getitem__)
+        if allowed[best] >= self.thresholds[best]:
+            return RoutingDecision(best, "classified", allowed[best])
+        return RoutingDecision(self.default_route, "below_threshold", allowed[best])
+
+    def decide(self, turns: Sequence[Turn]) -> RoutingDecision:
+        """The route for a conversation's user turns, oldest first."""
+        if not turns:
             return RoutingDecision(self.default_route, "no_text")
-        below: RoutingDecision | None = None
-        for i, scores in enumerate(candidates):
-            hit = hits[i] if i < len(hits) else NO_HITS
-            allowed = {r: s for r, s in scores.items() if r not in hit.excluded}
-            forced = [r for r in allowed if r in hit.forced]
-            if forced:
-                best = max(forced, key=allowed.__getitem__)
-                return RoutingDecision(best, "keyword", allowed[best])
-            if not allowed:
-                continue  # every route excluded: the next candidate, or the default route
-            best = max(allowed, key=allowed.__getitem__)
-            if allowed[best] >= self.thresholds[best]:
-                return RoutingDecision(best, "classified" if i == 0 else "context", allowed[best])
-            below = below or RoutingDecision(self.default_route, "below_threshold", allowed[best])
-        return below or RoutingDecision(self.default_route, "below_threshold")
+        held = self.alone(turns[0])
+        for turn in turns[1:]:
+            held = self._next(held, turn)
+        return held
+
+    def _next(self, held: RoutingDecision, turn: Turn) -> RoutingDecision:
+        own = self.alone(turn)
+        if turn.switched or own.reason == "keyword":
+            return own
+        if own.reason == "below_threshold" or turn.follow_up >= max(turn.scores.values(), default=float("-inf")):
+            return _kept(held)
+        if own.route == held.route:  # the turn agrees: it decided
+            return own
+        if held.reason in FALLBACK_REASONS:  # held by the default route for want of a better one
+            return own
+        if own.route != held.route and own.score - turn.scores.get(held.route, 0.0) >= self.switch_margin:
+            return own
+        return _kept(held)
+
+
+def _kept(held: RoutingDecision) -> RoutingDecision:
+    """The conversation's route, now decided by the conversation (its fallback reasons stay what they are)."""
+    return held if held.reason in FALLBACK_REASONS else RoutingDecision(held.route, "context", held.score)

@@ -1,14 +1,18 @@
-"""Fit the classifier's decision parameters on a labelled file: top_k and per-route thresholds.
+"""Fit the classifier's decision parameters on labelled files: top_k, per-route thresholds, the switch margin.
 
-    python -m serve_app.tools.calibrate --data labelled.jsonl [--config serve_config.yaml] [--part tune] [--write]
+    python -m serve_app.tools.calibrate --data labelled.jsonl [more.jsonl] [--config serve_config.yaml]
+                                        [--part tune] [--write]
 
 Prints a YAML snippet to set in the config, or with ``--write`` sets the values in the file itself
 (comments kept). A request whose best route scores below that route's threshold abstains: it goes
 to the default route, so the default route needs no threshold.
 
 The search maximises macro-F1: each top_k of a small grid, then per-route thresholds by coordinate
-ascent on a 0.01 grid. Where several values score the same, the middle of that plateau is kept: it
-is the choice least tied to the exact items of the file.
+ascent on a 0.01 grid, then the thread's ``switch_margin`` (what a later turn of a conversation needs to
+move it, on a 0.05 grid), and the thresholds once more at that margin. Where several values score the
+same, the middle of that plateau is kept: it is the choice least tied to the exact items of the files.
+For the margin, values within 0.015 macro-F1 of the best count as the plateau: only the conversations
+move with it, and on a few hundred of them that is an item or two.
 """
 
 from __future__ import annotations
@@ -28,29 +32,23 @@ from serve_app.api.errors import describe_error
 from serve_app.config.file import application_index, user_config
 from serve_app.config.graph import INGRESS
 from serve_app.config.schema import RoutingConfig
-from serve_app.routing.keywords import KeywordHits
-from serve_app.routing.policy import RoutingPolicy
+from serve_app.routing.policy import RoutingPolicy, Turn
 from serve_app.tools.accuracy import classification_scores
 from serve_app.tools.eval import InProcessRouter, add_data_args, load_inputs
 from serve_app.tools.labelled import LabelledItem
 
 TOP_KS = (1, 3, 5, 7, 10)
-GRID = tuple(round(float(v), 2) for v in np.arange(0.0, 0.61, 0.01))
+GRID = tuple(round(float(v), 2) for v in np.arange(0.0, 0.96, 0.01))
+MARGINS = tuple(round(float(v), 2) for v in np.arange(0.0, 1.01, 0.05))
+MARGIN_TOLERANCE = 0.015
 _PASSES = 4
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """One item's candidate texts as the policy sees them: route scores and keyword hits per text."""
-
-    scores: list[dict[str, float]]
-    hits: list[KeywordHits]
 
 
 @dataclass(frozen=True)
 class Fit:
     top_k: int
     thresholds: dict[str, float]  # every route but the default one
+    switch_margin: float
     macro_f1: float
     accuracy: float
 
@@ -62,16 +60,16 @@ class Calibration:
     n: int
 
 
-def _measure(cands: Sequence[Candidates], labels: Sequence[str], thresholds: dict[str, float],
-             default_route: str, order: Sequence[str]) -> tuple[float, float]:
-    policy = RoutingPolicy(thresholds, default_route)
-    predicted = [policy.decide(c.scores, c.hits).route for c in cands]
+def _measure(cands: Sequence[Sequence[Turn]], labels: Sequence[str], thresholds: dict[str, float],
+             default_route: str, order: Sequence[str], switch_margin: float = 0.15) -> tuple[float, float]:
+    policy = RoutingPolicy(thresholds, default_route, switch_margin)
+    predicted = [policy.decide(turns).route for turns in cands]
     s = classification_scores(labels, predicted, order)
     return s.macro_f1, s.accuracy
 
 
-def fit_thresholds(cands: Sequence[Candidates], labels: Sequence[str], start: dict[str, float],
-                   default_route: str, grid: Sequence[float] = GRID) -> dict[str, float]:
+def fit_thresholds(cands: Sequence[Sequence[Turn]], labels: Sequence[str], start: dict[str, float],
+                   default_route: str, grid: Sequence[float] = GRID, switch_margin: float = 0.15) -> dict[str, float]:
     """Coordinate ascent on macro-F1, one route's threshold at a time, from ``start``."""
     order = list(start)
     thresholds = dict(start)
@@ -80,10 +78,9 @@ def fit_thresholds(cands: Sequence[Candidates], labels: Sequence[str], start: di
         for route in order:
             if route == default_route:
                 continue  # abstaining sends a request there anyway
-            results = [(_measure(cands, labels, {**thresholds, route: v}, default_route, order), v) for v in grid]
-            best = max(r for r, _ in results)
-            plateau = [v for r, v in results if r == best]
-            value = plateau[len(plateau) // 2]
+            results = [(_measure(cands, labels, {**thresholds, route: v}, default_route, order, switch_margin), v)
+                       for v in grid]
+            value = _plateau_middle(results)
             changed |= value != thresholds[route]
             thresholds[route] = value
         if not changed:
@@ -91,29 +88,42 @@ def fit_thresholds(cands: Sequence[Candidates], labels: Sequence[str], start: di
     return thresholds
 
 
+def _plateau_middle(results: Sequence[tuple[tuple[float, float], float]], tolerance: float = 0.0) -> float:
+    """The middle of the values whose (macro-F1, accuracy) is the best, or within ``tolerance`` of its macro-F1."""
+    best = max(r for r, _ in results)
+    plateau = [v for r, v in results if r == best or r[0] >= best[0] - tolerance]
+    return plateau[len(plateau) // 2]
+
+
 def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequence[LabelledItem],
-              top_ks: Sequence[int] = TOP_KS, grid: Sequence[float] = GRID) -> Calibration:
+              top_ks: Sequence[int] = TOP_KS, grid: Sequence[float] = GRID,
+              margins: Sequence[float] = MARGINS) -> Calibration:
     routes = [r.name for r in routing.routes]
     labels = [i.label for i in items]
     unknown = sorted(set(labels) - set(routes))
     if unknown:
         raise ValueError(f"labels {unknown} are not routes of the config ({routes})")
-    queries = [i.texts for i in items]
-    embeddings = classifier.embed(queries)  # once: only the scoring changes with top_k
-    current = dict(classifier.decider.policy.thresholds)
+    decider, default = classifier.decider, routing.default_route
+    threads = [decider.read(i.texts) for i in items]
+    embeddings = classifier.embed([t.texts for t in threads])  # once: only the scoring changes with top_k
+    current, margin0 = dict(decider.policy.thresholds), routing.thread.switch_margin
     k0 = routing.top_k
 
-    def candidates(k: int) -> list[Candidates]:
-        return [Candidates(*classifier.decider.candidates(texts, e, top_k=k)) for texts, e in zip(queries, embeddings)]
+    def candidates(k: int) -> list[list[Turn]]:
+        return [decider.turns(thread, e, top_k=k) for thread, e in zip(threads, embeddings)]
 
-    before = Fit(k0, current, *_measure(candidates(k0), labels, current, routing.default_route, routes))
+    before = Fit(k0, current, margin0, *_measure(candidates(k0), labels, current, default, routes, margin0))
     fits = []
     for k in dict.fromkeys([k0, *top_ks]):  # the current value first: it wins ties
         cands = candidates(k)
-        thresholds = fit_thresholds(cands, labels, current, routing.default_route, grid)
-        fits.append(Fit(k, thresholds, *_measure(cands, labels, thresholds, routing.default_route, routes)))
+        thresholds = fit_thresholds(cands, labels, current, default, grid, margin0)
+        # Only the conversations move with the margin, and they are few: a point of macro-F1 is an item or two.
+        margin = _plateau_middle([(_measure(cands, labels, thresholds, default, routes, m), m) for m in margins],
+                                 MARGIN_TOLERANCE)
+        thresholds = fit_thresholds(cands, labels, thresholds, default, grid, margin)
+        fits.append(Fit(k, thresholds, margin, *_measure(cands, labels, thresholds, default, routes, margin)))
     after = max(fits, key=lambda f: (f.macro_f1, f.accuracy))  # max keeps the first of equals
-    after = Fit(after.top_k, {r: v for r, v in after.thresholds.items() if r != routing.default_route},
+    after = Fit(after.top_k, {r: v for r, v in after.thresholds.items() if r != default}, after.switch_margin,
                 after.macro_f1, after.accuracy)
     return Calibration(before, after, len(items))
 
@@ -124,7 +134,7 @@ def snippet(cal: Calibration, source: str) -> str:
              f"accuracy {b.accuracy:.3f} -> {a.accuracy:.3f}",
              f"# Set these keys in the routing block (the user_config of the {INGRESS} deployment) of the Serve "
              "config, or run again with --write:",
-             f"top_k: {a.top_k}", "routes:"]
+             f"top_k: {a.top_k}", "thread:", f"  switch_margin: {a.switch_margin:.2f}", "routes:"]
     for route, value in a.thresholds.items():
         lines += [f"  - name: {route}", f"    threshold: {value:.2f}"]
     return "\n".join(lines)
@@ -143,6 +153,7 @@ def write_calibration(path: str | Path, fit: Fit) -> None:
     doc = rt.load(text)
     block = user_config(doc["applications"][app], INGRESS)
     block["top_k"] = fit.top_k
+    block.setdefault("thread", {})["switch_margin"] = rt.load(f"{fit.switch_margin:.2f}")
     entries = {entry["name"]: entry for entry in block["routes"]}
     for route, value in fit.thresholds.items():
         if route not in entries:
@@ -157,6 +168,7 @@ def write_calibration(path: str | Path, fit: Fit) -> None:
     new = out.getvalue()
     routing = user_config(expected["applications"][app], INGRESS)
     routing["top_k"] = fit.top_k
+    routing.setdefault("thread", {})["switch_margin"] = fit.switch_margin
     for r in routing["routes"]:
         if r["name"] in fit.thresholds:
             r["threshold"] = fit.thresholds[r["name"]]
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         config, items = load_inputs(args)
         top_ks = [int(k) for k in args.top_k.split(",")]
         cal = calibrate(InProcessRouter.from_config(config), config.routing, items, top_ks)
-        print(snippet(cal, f"{args.data} (part {args.part})"))
+        print(snippet(cal, f"{' + '.join(args.data)} (part {args.part})"))
         if args.write:
             write_calibration(args.config, cal.after)
             print(f"# written to {args.config}")

@@ -1,13 +1,13 @@
 """Evaluate the deployment's classifier on a labelled JSONL file.
 
     python -m serve_app.tools.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json]
-                                   [--plot FILE.png]
-                             [--backend torch|onnx|openvino|auto] [--max-seq-length N]
+                                   [--plot FILE.png] [--model FOLDER] [--backend torch|onnx|openvino|auto]
+                                   [--max-seq-length N]
 
 Builds the same encoder and ``Decider`` from the same config as the classifier and ingress deployments,
 and reads each item the way the ingress reads a request (serve_app/tools/labelled.py), one query at a time,
-so the latency is what one request costs (without the hop between deployments). ``--backend`` and
-``--max-seq-length`` replace the config's ``classifier`` keys, to compare the encoder backends' accuracy.
+so the latency is what one request costs (without the hop between deployments). ``--model``, ``--backend``
+and ``--max-seq-length`` replace the config's ``classifier`` keys, to compare encoders and their backends.
 With ``--json`` the last line of stdout is one JSON object: accuracy, macro_f1, per_class, confusion,
 latency_ms ({p50, p99}), n, decisions and encoder.
 """
@@ -54,8 +54,10 @@ class InProcessRouter:
     def embed(self, queries: Sequence[Sequence[str]]) -> list[np.ndarray]:
         return embed_queries(self.encoder, queries)
 
-    def classify(self, texts: Sequence[str]) -> RoutingDecision:
-        return self.decider.decide(texts, self.embed([texts])[0])
+    def classify(self, turns: Sequence[str]) -> RoutingDecision:
+        """A request's user turns (oldest first) as the ingress decides them, the embedding in-process."""
+        thread = self.decider.read(turns)
+        return self.decider.decide(thread, self.embed([thread.texts])[0])
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def plot_confusion(scores: Scores, path: str | Path, title: str = "") -> None:
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="JSONL: {'text' or 'messages', 'label'[, 'id']} per line")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="JSONL: {'text' or 'messages', 'label'[, 'id']} per line; several files are read as one")
     parser.add_argument("--config", default="serve_config.yaml", help="Serve config file (default: %(default)s)")
     parser.add_argument("--part", choices=PARTS, default="all",
                         help="half of the file, split by a hash of each id: tune on one, report on the other")
@@ -140,7 +143,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def load_inputs(args: argparse.Namespace) -> tuple[AppConfig, list[LabelledItem]]:
     config = load_app_config(args.config)
-    return config, load_labelled(args.data, config.routing.context_turns, args.part)
+    return config, [item for path in args.data for item in load_labelled(path, config.routing.context_turns, args.part)]
 
 
 def with_classifier(config: AppConfig, **keys: Any) -> AppConfig:
@@ -157,21 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(parser)
     parser.add_argument("--json", action="store_true", help="end stdout with one line of JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix to a PNG")
+    parser.add_argument("--model", help="classifier.model to use instead of the config's (a fitted one, say)")
     parser.add_argument("--backend", choices=BACKENDS, help="classifier.backend to use instead of the config's")
     parser.add_argument("--max-seq-length", type=int, help="classifier.max_seq_length to use instead of the config's")
     args = parser.parse_args(argv)
     try:
         config, items = load_inputs(args)
-        config = with_classifier(config, backend=args.backend, max_seq_length=args.max_seq_length)
+        config = with_classifier(config, model=args.model, backend=args.backend, max_seq_length=args.max_seq_length)
     except (OSError, ValueError) as exc:  # a missing file, a bad line or config: one readable line
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     classifier = InProcessRouter.from_config(config)
     ev = evaluate(classifier, items, [r.name for r in config.routing.routes])
-    print(f"{args.data} (part {args.part}) with {args.config}, encoder {classifier.encoder.describe()}")
+    data = " + ".join(args.data)
+    print(f"{data} (part {args.part}) with {args.config}, encoder {classifier.encoder.describe()}")
     print(format_report(ev))
     if args.plot:
-        plot_confusion(ev.scores, args.plot, f"{Path(args.data).name} ({args.part}): accuracy "
+        plot_confusion(ev.scores, args.plot, f"{' + '.join(Path(d).name for d in args.data)} ({args.part}): accuracy "
                        f"{ev.scores.accuracy:.3f}, macro-F1 {ev.scores.macro_f1:.3f}")
         print(f"confusion matrix: {args.plot}")
     if args.json:

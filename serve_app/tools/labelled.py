@@ -2,7 +2,7 @@
 
 One JSON object per line: ``{"text": ...}`` or ``{"messages": [...]}``, plus ``"label"`` (a route
 name) and optionally ``"id"``. Messages go through ``parse_request``, so a conversation is read
-exactly as the ingress reads it (user turns only; last turn, then the recent conversation).
+exactly as the ingress reads it (its user turns only, the last ``context_turns`` of them).
 
 ``part`` splits a file deterministically by a hash of each item's id (its text when it has none):
 tune on one part, report on the other.
@@ -30,7 +30,7 @@ class LabelledDataError(ValueError):
 @dataclass(frozen=True)
 class LabelledItem:
     key: str  # the id, or the text when there is none: what the split hashes
-    texts: tuple[str, ...]  # candidate texts, as the ingress would classify them
+    texts: tuple[str, ...]  # the user's turns, oldest first, as the ingress reads them
     label: str
 
 
@@ -60,7 +60,7 @@ def _parse_line(line: str, context_turns: int, where: str) -> LabelledItem:
         raise LabelledDataError(f"{where}: each line needs a string 'label'")
     if "messages" in row:
         try:
-            texts = parse_request("chat", {"messages": row["messages"]}, context_turns).routing_texts
+            texts = parse_request("chat", {"messages": row["messages"]}, context_turns).turns
         except OpenAIError as exc:
             raise LabelledDataError(f"{where}: {exc.message}") from None
         key = json.dumps(row["messages"], sort_keys=True)
