@@ -11,8 +11,8 @@ kvcached's example is `examples/09_semantic_router/semantic_router.py` of pull r
 ovg-project/kvcached (commit d0119b0a, file sha256 2281537d...; both are recorded in the results). Get it
 once, outside this project (it is never copied into it):
 
-    git clone --no-checkout https://github.com/ovg-project/kvcached /work/kvcached-example/kvcached
-    cd /work/kvcached-example/kvcached && git fetch origin pull/229/head && git checkout FETCH_HEAD
+    git clone --no-checkout https://github.com/ovg-project/kvcached ../kvcached-example/kvcached
+    cd ../kvcached-example/kvcached && git fetch origin pull/229/head && git checkout FETCH_HEAD
 
 It runs unmodified with this project's .venv (it needs fastapi, uvicorn, httpx, sentence-transformers;
 `--kvcached-python` picks another interpreter). Its `--config` file points its three models at the stubs,
@@ -26,7 +26,7 @@ external endpoint (`{name, endpoint, model}`, pointing at its stub) and the llm-
 repository root (our graph takes port 8000 and a few GiB; on a shared machine one cluster at a time):
 
     flock /tmp/cluster.lock .venv/bin/python bench/bench_capacity.py \\
-        --kvcached-router /work/kvcached-example/kvcached/examples/09_semantic_router/semantic_router.py
+        --kvcached-router ../kvcached-example/kvcached/examples/09_semantic_router/semantic_router.py
 
 The routers are measured one after the other in the same run, against the same stubs: first no router at
 all (the stub called straight: the ceiling of this load generator on this machine), then kvcached's example

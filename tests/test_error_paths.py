@@ -73,6 +73,16 @@ def _stopped(graph: LocalServe, deployment: str):
         os.kill(proc.pid, signal.SIGCONT)
 
 
+def _router_handles(graph: LocalServe, deployment: str) -> set[str]:
+    """The handles that sent requests to ``deployment``, from Serve's own router metric (one per handle)."""
+    text = httpx.get(graph.metrics_url(), timeout=10).text
+    handles = set()
+    for line in text.splitlines():
+        if line.startswith("ray_serve_num_router_requests") and f'deployment="{deployment}"' in line:
+            handles |= set(re.findall(r'handle="([^"]+)"', line))
+    return handles
+
+
 def _generated_tokens(graph: LocalServe) -> float:
     """Tokens every vLLM engine of the graph has generated, from vLLM's own counter on Ray's Prometheus endpoint."""
     url = graph.metrics_url()
@@ -267,9 +277,11 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
               f"429s for the named model after {', '.join(f'{t * 1000:.0f}' for _, t in named)} ms")
         assert len(by_code) + len(spilled) + len(rejected) == 30
         assert by_code and spilled and rejected
-        # One queue per LLM: llm-code takes max_ongoing_requests + max_queued_requests (2 + 2), not that again
-        # for streams (a handle per kind of answer would have queued 2 more); likewise general's spillover.
-        assert len(by_code) <= 4 and len(spilled) <= 4
+        # One queue per LLM: Serve bounds max_queued_requests per handle, and the Ingress holds one handle per
+        # LLM, whole answers and streams alike (a handle per kind of answer would double the queue).
+        for deployment in ("llm-code", "llm-general"):
+            handles = _wait(lambda: _router_handles(graph, deployment), f"{deployment}'s handle metrics", 60)
+            assert len(handles) == 1, f"{deployment}: {len(handles)} handles in the Ingress"
         assert all(r.headers["x-router-category"] == "general" and r.headers["x-router-fallback"] == "code"
                    and r.headers["x-router-fallback-cause"] == "overloaded" for r in spilled)
         for r in [*rejected, *(r for r, _ in named)]:
