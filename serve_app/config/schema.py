@@ -40,6 +40,21 @@ def _refuse_moved(data: Any, moved: dict[str, str]) -> Any:
     return data
 
 
+def _not_blank(what: str, texts: list[str]) -> list[str]:
+    if any(not t.strip() for t in texts):
+        raise ValueError(f"{what} may not be blank")
+    return texts
+
+
+def _compiling(patterns: list[str]) -> list[str]:
+    for pattern in _not_blank("patterns", patterns):
+        try:
+            re.compile(pattern)  # compiles alone, so it compiles inside the whole-word wrapper too
+        except re.error as exc:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
 INGRESS_USER_CONFIG = ("the routing block (the user_config of the Ingress deployment), where it changes without a "
                        "restart")
 CLASSIFIER_USER_CONFIG = "the user_config of the Classifier deployment, where it changes without a restart"
@@ -185,20 +200,7 @@ class RouteConfig(StrictModel):
     @field_validator("examples")
     @classmethod
     def _no_blank_examples(cls, value: list[str]) -> list[str]:
-        if any(not e.strip() for e in value):
-            raise ValueError("examples may not be blank")
-        return value
-
-
-def _compiling(patterns: list[str]) -> list[str]:
-    for pattern in patterns:
-        if not pattern.strip():
-            raise ValueError("patterns may not be blank")
-        try:
-            re.compile(pattern)  # compiles alone, so it compiles inside the whole-word wrapper too
-        except re.error as exc:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
-    return patterns
+        return _not_blank("examples", value)
 
 
 class ThreadConfig(StrictModel):
@@ -225,9 +227,7 @@ class ThreadConfig(StrictModel):
     @field_validator("follow_up")
     @classmethod
     def _no_blank_follow_ups(cls, value: list[str]) -> list[str]:
-        if any(not e.strip() for e in value):
-            raise ValueError("follow_up examples may not be blank")
-        return value
+        return _not_blank("follow_up examples", value)
 
     @field_validator("switch", "strip")
     @classmethod

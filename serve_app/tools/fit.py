@@ -74,7 +74,8 @@ def fit(config: AppConfig, out: Path, base: str, extra: Sequence[tuple[str, str]
 
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
     from transformers.utils import logging as hf_logging
 
