@@ -185,6 +185,12 @@ def direct(backends: dict[str, Stub], route: str) -> Iterator[tuple[str, list[ps
 
 
 @contextmanager
+def _shown(path: Path) -> str:
+    """A path as results record it: relative to the repository when inside it, else its name (no machine's paths)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def kvcached_router(router: Path, python: str, backends: dict[str, Stub], scratch: Path
                     ) -> Iterator[tuple[str, list[psutil.Process]]]:
     folder = scratch / "kvcached"
@@ -410,7 +416,7 @@ def git_head(folder: Path) -> str | None:
 
 def kvcached_source(router: Path) -> dict[str, Any]:
     """Which file was run: its hash, and its git commit when it lies in a checkout."""
-    return {"path": str(router), "sha256": hashlib.sha256(router.read_bytes()).hexdigest(),
+    return {"path": _shown(router), "sha256": hashlib.sha256(router.read_bytes()).hexdigest(),
             "commit": git_head(router.parent)}
 
 
@@ -478,7 +484,7 @@ def main() -> None:
         "settings": {"clients": args.clients, "requests_per_level": args.requests, "level_seconds": args.level_seconds,
                      "overhead_pairs": args.pairs, "retries": args.retries,
                      "disturbed_above": DISTURBED, "overhead_clients": list(OVERHEAD_CLIENTS), "max_tokens": MAX_TOKENS,
-                     "queries": str(args.queries), "query_labels": dict(Counter(q.label for q in queries)),
+                     "queries": _shown(args.queries), "query_labels": dict(Counter(q.label for q in queries)),
                      "backends": "harness/openai_stub.py, one process per LLM entry, loopback"}}
     shipped = load_yaml(ROOT / "serve_config.yaml")
     names = [llm["name"] for llm in shipped["applications"][application_index(shipped)]["args"]["llms"]]
