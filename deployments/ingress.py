@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +40,7 @@ from serve_app.routing.policy import RoutingDecision
 logger = logging.getLogger("ray.serve")
 
 STATS_REPORT_S = 1.0  # how stale another ingress replica's requests may be in /stats
+REPLICAS_POLL_S = 1.0  # how soon an LLM deployment left with no running replica is routed around
 
 app = FastAPI(title="semantic-router", description="One OpenAI endpoint, routed by meaning to a mixture of LLMs.")
 
@@ -116,7 +118,10 @@ class Ingress:
         self.classifier = classifier
         # In-cluster LLMs through their deployments; external ones through one pooled HTTP client.
         self.http = http_pool()
-        self.clients: dict[str, LLMClient] = {name: DeploymentLLM(handle) for name, handle in llms.items()}
+        self.running_replicas: dict[str, int] = {}  # by deployment, from Serve's status (_watch_replicas_forever)
+        self.clients: dict[str, LLMClient] = {
+            name: DeploymentLLM(handle, partial(self._has_replica, llm_plans[name].deployment))
+            for name, handle in llms.items()}
         self.clients |= {name: ExternalLLM(self.http, llm, api_key(llm)) for name, llm in llm_plans.items()
                          if llm.external}
         self.llm_plans = llm_plans
@@ -127,6 +132,7 @@ class Ingress:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._reported = self.stats.version
         self._reporter = asyncio.get_running_loop().create_task(self._report_stats_forever())
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_replicas_forever())
         self.updates = Counter("router_routing_updates", "Routing blocks applied or refused (Serve adds the "
                                "deployment tag).", tag_keys=("result",))
         self.requests = Counter("router_requests", "Routed requests by route and decision reason.",
@@ -268,6 +274,24 @@ class Ingress:
             # A copy: the handle may serialise it on another thread while this one records more requests.
             await self.stats_sink.report.remote(self.replica_id, RoutingStats.merged([self.stats]))
             self._reported = version
+
+    # ---- replicas ---------------------------------------------------------------------------------
+
+    def _has_replica(self, deployment: str) -> bool:
+        return self.running_replicas.get(deployment, 1) > 0  # not known yet: assume it runs
+
+    async def _watch_replicas_forever(self) -> None:
+        """How many replicas of each deployment run, from Serve's status about once a second."""
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                application = status.applications[serve.get_replica_context().app_name]
+                self.running_replicas = {name: d.replica_states.get("RUNNING", 0)
+                                         for name, d in application.deployments.items()}
+            except Exception as exc:  # unknown: every deployment counts as running, as Serve's handle assumes
+                self.running_replicas = {}
+                logger.debug("Replica states not read: %r", exc)
+            await asyncio.sleep(REPLICAS_POLL_S)
 
     async def _report_stats_forever(self) -> None:
         while True:

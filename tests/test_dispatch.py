@@ -21,7 +21,7 @@ from serve_app.config.schema import RouterConfig, RoutingConfig
 from serve_app.dispatch.dispatch import Answer, Dispatcher
 from serve_app.dispatch.routes import RouteTable
 from serve_app.dispatch.stats import RequestRecord
-from serve_app.llm.protocol import LLMOverloaded, LLMRequest, LLMUnavailable
+from serve_app.llm.protocol import DeploymentLLM, LLMOverloaded, LLMRequest, LLMUnavailable
 from serve_app.routing.policy import RoutingDecision
 
 WHOLE = {"object": "chat.completion", "choices": [{"message": {"role": "assistant", "content": "hi"}}]}
@@ -193,16 +193,16 @@ def test_capacity_anywhere_in_the_chain_makes_it_a_429(table):
     assert answer.status == 429 and answer.headers["x-router-fallback-cause"] == "timeout,overloaded"
 
 
-@pytest.mark.parametrize("fail, status, code", [
-    (LLMUnavailable("gone"), 503, "upstream_error"),
-    (HANG, 504, "timeout"),
-    (RuntimeError("boom"), 500, "upstream_error"),
+@pytest.mark.parametrize("fail, status, code, retry", [
+    (LLMUnavailable("gone"), 503, "upstream_error", True),  # down: worth trying again soon
+    (HANG, 504, "timeout", False),
+    (RuntimeError("boom"), 500, "upstream_error", False),
 ])
-def test_a_chain_that_failed_otherwise_gets_the_first_models_error(table, fail, status, code):
+def test_a_chain_that_failed_otherwise_gets_the_first_models_error(table, fail, status, code, retry):
     fakes = _fakes(code=FakeLLM(fail=fail), general=FakeLLM(fail=LLMUnavailable("gone too")))
     answer, [record] = _answer(table, fakes)
     assert answer.status == status and answer.body["error"]["code"] == code
-    assert "retry-after" not in answer.headers and "Traceback" not in json.dumps(answer.body)
+    assert ("retry-after" in answer.headers) == retry and "Traceback" not in json.dumps(answer.body)
     assert record.status == status and [c for _, c in record.failed][1] == "unavailable"
 
 
@@ -310,3 +310,69 @@ def test_a_client_that_leaves_before_the_first_token_is_recorded_as_499(table):
     asyncio.run(run())
     assert [r.status for r in records] == [499] and fakes["code"].replies[0].cancelled
     assert not fakes["general"].requests
+
+
+# ---- an in-cluster LLM whose deployment has no running replica --------------------------------------------
+
+class FakeHandle:
+    """Serve's handle as DeploymentLLM uses it: ``options(stream=True).generate.remote``; counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def options(self, stream: bool) -> FakeHandle:
+        assert stream  # one streaming call, whole answers too
+        return self
+
+    @property
+    def generate(self) -> FakeHandle:
+        return self
+
+    def remote(self, request: LLMRequest) -> FakeReply:
+        self.calls += 1
+        return FakeReply(FakeLLM()._items(request))
+
+
+def test_a_deployment_with_no_running_replica_is_routed_around_at_once(table):
+    running = {"llm-code": 0}
+    handles = {name: FakeHandle() for name in ("code", "math", "general")}
+    clients = {name: DeploymentLLM(h, lambda d=f"llm-{name}": running.get(d, 1) > 0) for name, h in handles.items()}
+    answer, [record] = _answer(table, clients)
+    assert answer.status == 200 and record.failed == (("code", "unavailable"),)
+    assert handles["code"].calls == 0 and handles["general"].calls == 1  # nothing queued behind a restart
+    running["llm-code"] = 1
+    answer, [record] = _answer(table, clients)
+    assert answer.headers["x-router-category"] == "code" and handles["code"].calls == 1
+    running["llm-general"] = running["llm-code"] = 0  # no fallback left: 503 with Retry-After, at once
+    answer, _ = _answer(table, clients)
+    assert answer.status == 503 and answer.headers["retry-after"] == "3"
+
+
+class HangingHandle(FakeHandle):
+    """A request Serve has queued behind a restart: its first item never comes."""
+
+    def remote(self, request: LLMRequest) -> FakeReply:
+        self.calls += 1
+        return FakeReply(FakeLLM(fail=HANG)._items(request))
+
+
+def test_a_request_queued_when_its_deployment_empties_goes_to_the_fallback(router_args, routing_args):
+    table = _table(router_args, routing_args, request_timeout_s=60)
+    running = {"llm-code": 1}
+    code = HangingHandle()
+    clients = {"code": DeploymentLLM(code, lambda: running["llm-code"] > 0),
+               "math": DeploymentLLM(FakeHandle()), "general": DeploymentLLM(FakeHandle())}
+
+    async def run() -> Answer:
+        records: list[RequestRecord] = []
+        parsed = parse_request("chat", {"messages": [{"role": "user", "content": "Sort a list"}]})
+        task = asyncio.ensure_future(Dispatcher(clients, records.append).answer(
+            table, RoutingDecision("code", "classified", 0.9), "chat", parsed, 0.0))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # waiting, as Serve's queue would
+        running["llm-code"] = 0  # Serve's status: the last replica is gone
+        return await asyncio.wait_for(task, 5)
+
+    answer = asyncio.run(run())
+    assert answer.status == 200 and answer.headers["x-router-fallback-cause"] == "unavailable"
+    assert answer.headers["x-router-category"] == "general" and code.calls == 1

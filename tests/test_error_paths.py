@@ -223,6 +223,29 @@ def test_a_model_replica_killed_under_load_loses_no_request(graph):
     _wait(lambda: httpx.get(f"{graph.base_url}/health", timeout=10).status_code == 200, "healthy", 60)
 
 
+def test_a_deployment_with_no_running_replica_is_routed_around_not_queued(graph):
+    # llm-math's replica killed: once Serve's status shows no running replica (its health check notices within
+    # seconds), requests for math go to its fallback (auto), or get 503 + Retry-After (named), at once; even one
+    # already waiting in Serve's queue is given up, instead of waiting a minute or more for a new engine.
+    killed = time.monotonic()
+    _replica(graph, "llm-math").kill()
+    first = _chat(graph.base_url, "Solve 3x + 7 = 22 for x")
+    waited = time.monotonic() - killed
+    print(f"\nllm-math killed: the first math request answered after {waited:.1f}s by "
+          f"{first.headers.get('x-router-category')} ({first.headers.get('x-router-fallback-cause')})")
+    assert first.status_code == 200 and first.headers["x-router-category"] == "general"
+    assert first.headers["x-router-fallback-cause"] == "unavailable" and waited < 45
+    started = time.monotonic()
+    again = _chat(graph.base_url, "Find the derivative of x^3")
+    named = _chat(graph.base_url, "Solve 3x + 7 = 22 for x", model="math")
+    assert again.headers.get("x-router-fallback-cause") == "unavailable" and again.status_code == 200
+    assert named.status_code == 503 and named.headers["retry-after"] == "1"
+    assert named.json()["error"]["code"] == "upstream_error" and time.monotonic() - started < 20
+    _wait(lambda: _chat(graph.base_url, "What is 2 + 2?", model="math").status_code == 200, "answering again",
+          RECOVERY_S)
+    _wait(lambda: httpx.get(f"{graph.base_url}/health", timeout=10).status_code == 200, "healthy", 60)
+
+
 def test_a_stream_cut_after_its_first_token_ends_with_an_error_event(graph):
     stream = _Stream(graph.base_url, "math")
     stream.start()
@@ -252,9 +275,10 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
         before = httpx.get(f"{graph.base_url}/stats", timeout=10).json()
 
         def ask(n: int) -> httpx.Response:
-            # Answers long enough (tens of seconds here) that no slot frees while the named requests below probe.
+            # Answers long enough (a minute here, on a fast CPU too) that no slot frees while the named requests
+            # below probe.
             return _chat(graph.base_url, f"Write a Python function that reverses a list of {n} strings",
-                         max_tokens=160, ignore_eos=True)
+                         max_tokens=480, ignore_eos=True)
 
         first_429 = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(30) as pool:

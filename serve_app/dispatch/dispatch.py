@@ -10,8 +10,10 @@ not answer is its *cause*:
   client gets that answer at once, never a retry.
 
 When no model of the chain answers, the client gets a 429 with Retry-After if capacity was the problem,
-else the first model's error. After a stream's first chunk the status is sent: a failure ends the stream
-with an error event in the endpoint's own format. Every request is recorded once, with what it cost.
+else the first model's error (a 503, for a model that is down, with Retry-After too). After a stream's
+first chunk the status is sent: a failure ends the stream with an error event in the endpoint's own format.
+An in-cluster model whose deployment has no running replica is unavailable at once (serve_app/llm/protocol.py),
+rather than queued behind its restart. Every request is recorded once, with what it cost.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class Dispatcher:
     def _refuse(self, table: RouteTable, request: _Request, error: OpenAIError) -> Answer:
         route = request.decision.route
         headers = routing_headers(route, request.decision, table.targets[route], request.failed)
-        if error.status == 429:
+        if error.status in (429, 503):  # capacity, or a model that is down: both worth trying again soon
             headers["retry-after"] = str(table.config.retry_after_s)
         self.record(request.record(route, error.status))
         return Answer(error.status, headers, error.body())

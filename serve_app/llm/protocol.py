@@ -16,12 +16,14 @@ Two clients speak it: ``DeploymentLLM`` (a vLLM deployment, through one Serve ha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serve_app.api.errors import OpenAIError
 from serve_app.api.requests import Endpoint
+
+WATCH_S = 0.5  # how often a reply waiting for its first item checks that its deployment still has a replica
 
 
 @dataclass(frozen=True)
@@ -57,26 +59,68 @@ class DeploymentLLM:
     """The ingress's side of one LLM deployment: one handle, so one queue (``max_queued_requests``) per LLM.
 
     The handle is configured once: every ``.options()`` call makes a new handle, with its own metrics pusher,
-    long-poll client and queue, so re-optioning per request costs more than the call itself.
+    long-poll client and queue, so re-optioning per request costs more than the call itself. ``running`` says
+    whether the deployment has a running replica now (the Ingress watches Serve's status for it).
     """
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, running: Callable[[], bool] = lambda: True) -> None:
         self._generate = handle.options(stream=True).generate
+        self._running = running
 
     def generate(self, request: LLMRequest) -> ReplyStream:
-        return DeploymentReply(self._generate.remote(request))
+        if not self._running():
+            # Serve's handle would queue the request until a replica is back (minutes for a vLLM engine):
+            # an empty deployment is unavailable now, so the route's fallback answers instead.
+            return Unavailable("the deployment has no running replica")
+        return DeploymentReply(self._generate.remote(request), self._running)
+
+
+class Unavailable:
+    """A reply that never started: its first item raises ``LLMUnavailable``."""
+
+    def __init__(self, why: str) -> None:
+        self._why = why
+
+    def __aiter__(self) -> Unavailable:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise LLMUnavailable(self._why)
+
+    def cancel(self) -> None:
+        pass
 
 
 class DeploymentReply:
-    """A Serve response generator that speaks the protocol's exceptions instead of Ray's."""
+    """A Serve response generator that speaks the protocol's exceptions instead of Ray's.
 
-    def __init__(self, response: Any) -> None:
+    While it waits for its first item it also watches ``running``: a request already queued when its
+    deployment loses its last replica is given up (``LLMUnavailable``), not left waiting for a new engine.
+    """
+
+    def __init__(self, response: Any, running: Callable[[], bool] = lambda: True) -> None:
         self._response = response
+        self._running = running
+        self._started = False
 
     def __aiter__(self) -> DeploymentReply:
         return self
 
     async def __anext__(self) -> Any:
+        if self._started:
+            return await self._next()
+        self._started = True
+        first = asyncio.ensure_future(self._next())
+        try:
+            while not (await asyncio.wait({first}, timeout=WATCH_S))[0]:
+                if not self._running():  # the caller cancels the response, as for any failure
+                    raise LLMUnavailable("the deployment lost its running replicas")
+        except BaseException:
+            first.cancel()
+            raise
+        return first.result()
+
+    async def _next(self) -> Any:
         from ray.exceptions import ActorDiedError, ActorUnavailableError
         from ray.serve.exceptions import BackPressureError
 
