@@ -64,13 +64,16 @@ def _replica(graph: LocalServe, deployment: str):
 
 @contextlib.contextmanager
 def _stopped(graph: LocalServe, deployment: str):
-    """The deployment's replica process frozen (SIGSTOP), as a wedged process looks from outside."""
-    proc = _replica(graph, deployment)
-    os.kill(proc.pid, signal.SIGSTOP)
+    """The deployment's replica processes frozen (SIGSTOP), as a wedged process looks from outside."""
+    procs = graph.processes(f"ServeReplica:router:{deployment}")
+    assert procs, f"no replica of {deployment}"
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGSTOP)
     try:
         yield
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGCONT)
 
 
 def _router_handles(graph: LocalServe, deployment: str) -> set[str]:
@@ -286,12 +289,14 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
             for f in futures:
                 f.add_done_callback(lambda f: f.result().status_code == 429 and first_429.set())
             # While the burst holds both queues full, a request naming the code model (no classification, no
-            # fallback for named models) is refused at once instead of queueing.
+            # fallback for named models) is refused at once instead of queueing. llm-code's engine is paused
+            # meanwhile, so no slot frees while they probe (a fast CPU finishes answers in seconds).
             assert first_429.wait(120)
             named = []
-            for _ in range(5):
-                started = time.monotonic()
-                named.append((_chat(graph.base_url, "Write a sort", model="code"), time.monotonic() - started))
+            with _stopped(graph, "llm-code"):
+                for _ in range(5):
+                    started = time.monotonic()
+                    named.append((_chat(graph.base_url, "Write a sort", model="code"), time.monotonic() - started))
             results = [f.result() for f in futures]
         by_code = [r for r in results if r.status_code == 200 and "x-router-fallback" not in r.headers]
         spilled = [r for r in results if r.status_code == 200 and "x-router-fallback" in r.headers]
