@@ -34,9 +34,8 @@ from serve_app.api.errors import describe_error
 from serve_app.config.file import load_app_config
 from serve_app.config.schema import AppConfig
 from serve_app.embedded import FITTED_PREFIX, fitted_base, fitted_dir, resolve_encoder
+from serve_app.routing.decider import FOLLOW_UP  # the follow-ups' class: the name the index gives them
 from serve_app.tools.labelled import load_labelled
-
-FOLLOW_UP = "<follow-up>"  # the class of the thread's follow-up examples: never a route name (a route name can't be)
 
 
 def labelled_examples(config: AppConfig, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
