@@ -184,13 +184,13 @@ def direct(backends: dict[str, Stub], route: str) -> Iterator[tuple[str, list[ps
     yield f"http://127.0.0.1:{backends[route].port}", [backends[route].proc]
 
 
-@contextmanager
 def _shown(path: Path) -> str:
     """A path as results record it: relative to the repository when inside it, else its name (no machine's paths)."""
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
 
 
+@contextmanager
 def kvcached_router(router: Path, python: str, backends: dict[str, Stub], scratch: Path
                     ) -> Iterator[tuple[str, list[psutil.Process]]]:
     folder = scratch / "kvcached"
