@@ -242,7 +242,8 @@ class Ingress:
         if not thread.texts:
             return RoutingDecision(routing.decider.default_route, "no_text"), None
         try:
-            embeddings = await _within(self.classifier.embed.remote(thread.texts), routing.config.classifier_timeout_s)
+            timeout = routing.config.classifier_timeout_s
+            embeddings = await _within(self.classifier.embed.remote(thread.embedded), timeout)
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)

@@ -19,7 +19,7 @@ from tests.conftest import DEV_SET
 
 # Floors on the held-out halves of the development sets (serve_app.tools.labelled.part_of; the thresholds,
 # top_k and switch_margin were fitted on the other halves, the encoder on the routes' examples only).
-# Measured (docs/routing.md): single-turn 0.980 macro-F1, lowest class recall 0.961; conversations 0.917
+# Measured (docs/routing.md): single-turn 0.980 macro-F1, lowest class recall 0.961; conversations 0.925
 # macro-F1, agent loops 20 of 21 on their task's route; numeric general questions 0.953 accuracy. The floors
 # leave room for encoder/library drift (another CPU runs another backend), not for a worse router.
 DEV_HOLDOUT_MACRO_F1_FLOOR = 0.97
@@ -44,7 +44,7 @@ def test_seed_examples(classifier, text, route):
     decision = classifier.classify((text,))
     assert decision.route == route and decision.reason == "classified"
     thread = classifier.decider.read((text,))
-    [turn] = classifier.decider.turns(thread, classifier.embed([thread.texts])[0])
+    [turn] = classifier.decider.turns(thread, classifier.embed([thread.embedded])[0])
     assert decision.score == max(turn.scores.values()) == turn.scores[route]
 
 
@@ -117,6 +117,13 @@ def test_an_agent_loop_stays_on_its_tasks_route_whatever_the_framework_adds(clas
     routes = {classifier.classify(tuple(loop[:n])).route for n in range(1, len(loop) + 1)}
     assert routes == {"code"}
     assert classifier.classify(("<system-reminder>Be brief.</system-reminder>",)).reason == "no_text"
+
+
+def test_a_reformatting_turn_is_read_with_the_turn_before_it(classifier):
+    rivers = ("What are the five longest rivers in the world?", "sort them ascending by length")
+    thread = classifier.decider.read(rivers)
+    assert thread.embedded == (*rivers, "sort them ascending by length\nWhat are the five longest rivers in the world?")
+    assert classifier.classify(rivers).route == "general"
 
 
 def test_a_change_of_subject_leaves_the_conversation(classifier):

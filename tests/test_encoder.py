@@ -69,7 +69,7 @@ def dev_macro_f1(app_config, encoder: Encoder, items) -> float:
     decider = InProcessRouter.from_config(app_config, encoder).decider
     threads = [decider.read(item.texts) for item in items]
     predicted = [decider.decide(thread, vectors).route
-                 for thread, vectors in zip(threads, embed_queries(encoder, [t.texts for t in threads]))]
+                 for thread, vectors in zip(threads, embed_queries(encoder, [t.embedded for t in threads]))]
     routes = [r.name for r in app_config.routing.routes]
     return classification_scores([i.label for i in items], predicted, routes).macro_f1
 

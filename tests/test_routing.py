@@ -53,6 +53,16 @@ def test_a_confident_follow_up_stays_unless_it_is_confidently_elsewhere():
     assert POLICY.decide(_turns(chemistry, {"code": 0.1, "math": 0.1, "general": 0.45})).reason == "classified"
 
 
+def test_a_turn_moves_the_conversation_only_if_it_still_points_there_read_with_the_turn_before():
+    rivers = {"code": 0.1, "math": 0.2, "general": 0.6}
+    sort_them = {"code": 0.6, "math": 0.2, "general": 0.1}  # "sort them by length": code on its own
+    d = POLICY.decide([Turn(rivers), Turn(sort_them, with_previous={"code": 0.25, "math": 0.2, "general": 0.5})])
+    assert (d.route, d.reason) == ("general", "context")
+    # "now write a function that sorts any list": code read alone and read with the rivers question.
+    d = POLICY.decide([Turn(rivers), Turn(sort_them, with_previous={"code": 0.5, "math": 0.1, "general": 0.35})])
+    assert (d.route, d.reason) == ("code", "classified")
+
+
 def test_a_turn_nearer_the_follow_up_examples_never_moves_the_conversation():
     maths, shorter = {"code": 0.1, "math": 0.6, "general": 0.2}, {"code": 0.5, "math": 0.1, "general": 0.1}
     assert POLICY.decide([Turn(maths), Turn(shorter, follow_up=0.4)]).route == "code"

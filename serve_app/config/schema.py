@@ -213,7 +213,8 @@ class ThreadConfig(StrictModel):
 
     switch_margin: float = Field(
         0.15, ge=0, le=2, description="A later turn moves the conversation to its own best route only when that "
-        "route scores this much above the conversation's route on the turn.")
+        "route scores this much above the conversation's route on the turn, and is still the best route when the "
+        "turn is read together with the one before it.")
     follow_up: list[str] = Field(
         default_factory=list, description="Turns that only make sense with the thread (shorter, in French, continue, "
         "explain step 2): a turn nearer to these than to any route keeps the conversation's route.")

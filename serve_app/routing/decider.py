@@ -34,8 +34,18 @@ def examples_of(config: RoutingConfig) -> list[str]:
 class Thread:
     """The user's turns as the decision reads them, oldest first."""
 
-    texts: tuple[str, ...]  # what is embedded: a turn that changes the subject, from its marker on
+    texts: tuple[str, ...]  # a turn that changes the subject, from its marker on
     switched: tuple[bool, ...]
+
+    @property
+    def paired(self) -> tuple[str, ...]:
+        """Each later turn read with the turn before it (newest first): one per turn after the first."""
+        return tuple(f"{self.texts[i]}\n{self.texts[i - 1]}" for i in range(1, len(self.texts)))
+
+    @property
+    def embedded(self) -> tuple[str, ...]:
+        """What the classifier embeds for this thread, in the order ``Decider.decide`` reads the rows."""
+        return self.texts + self.paired
 
 
 class Decider:
@@ -80,13 +90,19 @@ class Decider:
         return text[max(ends):].lstrip(" \t\n:;,.!?-\u2013\u2014").strip() or text
 
     def turns(self, thread: Thread, embeddings: np.ndarray, top_k: int | None = None) -> list[Turn]:
-        """Each turn's route scores, follow-up similarity and keyword hits: what the policy decides on."""
+        """Each turn's route scores, follow-up similarity and keyword hits: what the policy decides on.
+
+        ``embeddings`` are the rows of ``thread.embedded``, unit-norm.
+        """
         rows = self.index.scores(embeddings, top_k)
+        n = len(thread.texts)
+        paired = [None, *({r: row[r] for r in self.routes} for row in rows[n:])]
         return [Turn({r: row[r] for r in self.routes}, self.keywords.hits(text), row.get(FOLLOW_UP, float("-inf")),
-                     switched) for text, switched, row in zip(thread.texts, thread.switched, rows)]
+                     switched, with_previous)
+                for text, switched, row, with_previous in zip(thread.texts, thread.switched, rows[:n], paired)]
 
     def decide(self, thread: Thread, embeddings: np.ndarray) -> RoutingDecision:
-        """The route for a request's thread and its texts' unit-norm embeddings."""
+        """The route for a request's thread and the unit-norm embeddings of ``thread.embedded``."""
         if not thread.texts:
             return RoutingDecision(self.default_route, "no_text")
         return self.policy.decide(self.turns(thread, embeddings))

@@ -5,9 +5,11 @@ A conversation is read turn by turn, oldest first, and the route it holds after 
 - the first turn decides alone: its best route if that clears its threshold (or a keyword forces one), else
   the default route;
 - a later turn keeps the conversation's route, unless it marks a change of subject (it is then decided alone),
-  a keyword forces another route, or it is confidently elsewhere: its own best route clears its threshold and
-  beats the conversation's route on this turn by ``switch_margin``. A turn nearer to the follow-up examples
-  than to any route ("shorter", "in French", "continue") never moves the conversation;
+  a keyword forces another route, or it is confidently elsewhere: its own best route clears its threshold,
+  beats the conversation's route on this turn by ``switch_margin``, and is still the route when the turn is
+  read together with the one before it ("sort them by length" after a question about rivers is not code).
+  A turn nearer to the follow-up examples than to any route ("shorter", "in French", "continue") never
+  moves the conversation;
 - a conversation held by the default route for want of a better one takes the first turn confident enough.
 
 Stateless and deterministic: the same turns always give the same route, so an agent's tool loop (whose user
@@ -44,6 +46,7 @@ class Turn:
     hits: KeywordHits = NO_HITS
     follow_up: float = float("-inf")  # similarity to the follow-up examples
     switched: bool = False  # it marks a change of subject: decided alone
+    with_previous: Mapping[str, float] | None = None  # the scores of this turn read with the one before it
 
 
 class RoutingPolicy:
@@ -87,9 +90,15 @@ class RoutingPolicy:
             return own
         if held.reason in FALLBACK_REASONS:  # held by the default route for want of a better one
             return own
-        if own.route != held.route and own.score - turn.scores.get(held.route, 0.0) >= self.switch_margin:
+        if own.score - turn.scores.get(held.route, 0.0) >= self.switch_margin and self._still_elsewhere(own, turn):
             return own
         return _kept(held)
+
+    def _still_elsewhere(self, own: RoutingDecision, turn: Turn) -> bool:
+        """Whether the turn read with the one before it decides the same route as the turn alone."""
+        if turn.with_previous is None:
+            return True
+        return self.alone(Turn(turn.with_previous, turn.hits)).route == own.route
 
 
 def _kept(held: RoutingDecision) -> RoutingDecision:

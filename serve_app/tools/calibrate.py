@@ -105,7 +105,7 @@ def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequen
         raise ValueError(f"labels {unknown} are not routes of the config ({routes})")
     decider, default = classifier.decider, routing.default_route
     threads = [decider.read(i.texts) for i in items]
-    embeddings = classifier.embed([t.texts for t in threads])  # once: only the scoring changes with top_k
+    embeddings = classifier.embed([t.embedded for t in threads])  # once: only the scoring changes with top_k
     current, margin0 = dict(decider.policy.thresholds), routing.thread.switch_margin
     k0 = routing.top_k
 

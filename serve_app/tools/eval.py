@@ -57,7 +57,7 @@ class InProcessRouter:
     def classify(self, turns: Sequence[str]) -> RoutingDecision:
         """A request's user turns (oldest first) as the ingress decides them, the embedding in-process."""
         thread = self.decider.read(turns)
-        return self.decider.decide(thread, self.embed([thread.texts])[0])
+        return self.decider.decide(thread, self.embed([thread.embedded])[0])
 
 
 @dataclass(frozen=True)
