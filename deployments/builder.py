@@ -17,7 +17,15 @@ from deployments.classifier import Classifier
 from deployments.ingress import Ingress
 from deployments.llm import VLLMServer
 from deployments.stats import StatsAggregator
-from serve_app.config.graph import CLASSIFIER, INGRESS, STATS, GraphPlan, plan, resolve_accelerator
+from serve_app.config.graph import (
+    CLASSIFIER,
+    INGRESS,
+    STATS,
+    GraphPlan,
+    plan,
+    resolve_accelerator,
+    resolve_stand_in,
+)
 from serve_app.config.schema import RouterConfig
 
 logger = logging.getLogger("ray.serve")
@@ -26,8 +34,9 @@ logger = logging.getLogger("ray.serve")
 def build_app(args: RouterConfig) -> Application:
     if not isinstance(args, RouterConfig):  # called directly from Python with a dict
         args = RouterConfig.model_validate(args)
-    cluster_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-    graph = plan(args, resolve_accelerator(args.accelerator, cluster_gpus))
+    cluster = ray.cluster_resources() if ray.is_initialized() else {}
+    accelerator = resolve_accelerator(args.accelerator, cluster.get("GPU", 0))
+    graph = plan(args, accelerator, resolve_stand_in(args, accelerator, cluster))
     for llm in graph.deployed_llms.values():
         if llm.cpu_fallback:
             logger.warning("%s serves %s on CPU in place of %s", llm.deployment, llm.served_model, llm.configured_model)

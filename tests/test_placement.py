@@ -7,7 +7,15 @@ import logging
 
 import pytest
 
-from serve_app.config.graph import CLASSIFIER, GIB, SERVE_FAST_PATH_ENV, plan, resolve_accelerator
+from serve_app.config.graph import (
+    CLASSIFIER,
+    GIB,
+    INGRESS,
+    SERVE_FAST_PATH_ENV,
+    plan,
+    resolve_accelerator,
+    resolve_stand_in,
+)
 from serve_app.config.schema import RouterConfig
 from serve_app.llm import kvcached
 from serve_app.tools.placement import describe, main
@@ -22,6 +30,22 @@ def test_auto_picks_gpu_only_when_the_cluster_has_one():
     assert resolve_accelerator("auto", 4) == "gpu"
     assert resolve_accelerator("gpu", 0) == "gpu"
     assert resolve_accelerator("cpu", 8) == "cpu"
+
+
+def test_the_gpu_stand_in_places_the_cpu_profile_as_the_gpu_profile(router_args):
+    config = RouterConfig.model_validate(router_args)
+    assert config.cpu_fallback.gpu_stand_in == "local_gpu"  # serve_config.yaml: the local cluster's node type
+    assert resolve_stand_in(config, "cpu", {"CPU": 16, "local_gpu": 1}) == "local_gpu"
+    assert resolve_stand_in(config, "cpu", {"CPU": 2}) is None  # one machine: placed by CPUs alone
+    assert resolve_stand_in(config, "gpu", {"GPU": 1, "local_gpu": 1}) is None  # real GPUs need no stand-in
+    gpu, cpu = plan(config, "gpu"), plan(config, "cpu", "local_gpu")
+    for name, llm in cpu.llms.items():  # the CPU engine, asking for the GPU profile's share of the stand-in
+        share = gpu.llms[name].ray_actor_options["num_gpus"]
+        assert llm.ray_actor_options == {"num_cpus": 0.5, "resources": {"local_gpu": share}}
+        assert llm.cpu_fallback
+    assert cpu.ray_actor_options[CLASSIFIER]["resources"] == {"local_gpu": 0.1}
+    assert "resources" not in cpu.ray_actor_options[INGRESS]  # the head node's, as on GPUs
+    assert "resources" not in plan(config, "cpu").llms["code"].ray_actor_options
 
 
 def test_gpu_plan_uses_configured_models_and_fractions(router_args):

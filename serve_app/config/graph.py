@@ -104,13 +104,19 @@ def gpu_engine_args(llm: LLMEntry, use_kvcached: bool) -> dict[str, Any]:
     return args
 
 
-def plan(config: RouterConfig, accelerator: Accelerator) -> GraphPlan:
+def plan(config: RouterConfig, accelerator: Accelerator, gpu_stand_in: str | None = None) -> GraphPlan:
+    """``gpu_stand_in``: on the CPU profile, the resource each GPU-profile share is asked of instead
+    (``resolve_stand_in``), so a cluster without GPUs places replicas as a GPU cluster would."""
     if accelerator == "cpu" and config.kvcached.enabled:
         logger.info("kvcached is GPU-only: ignored on the CPU fallback (vLLM's CPU build reserves its KV cache).")
     cpu = config.cpu_fallback
     fast_path = {"runtime_env": {"env_vars": serve_fast_path_env()}}
     small = {"num_cpus": cpu.small_num_cpus} | fast_path
-    classifier = (small if accelerator == "cpu"
+
+    def on_cpu(num_cpus: float, gpu_share: float) -> dict[str, Any]:
+        return {"num_cpus": num_cpus} | ({"resources": {gpu_stand_in: gpu_share}} if gpu_stand_in else {})
+
+    classifier = (on_cpu(cpu.small_num_cpus, config.classifier.num_gpus) | fast_path if accelerator == "cpu"
                   else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus} | fast_path)
     result = GraphPlan({INGRESS: small, CLASSIFIER: classifier, STATS: small})
     for llm in config.llms:
@@ -119,7 +125,7 @@ def plan(config: RouterConfig, accelerator: Accelerator) -> GraphPlan:
             continue
         if accelerator == "cpu":
             model, engine_args, tools = cpu.model, dict(cpu.engine_args), cpu.tool_calling
-            actor = {"num_cpus": cpu.llm_num_cpus}
+            actor = on_cpu(cpu.llm_num_cpus, llm.num_gpus)
             env = cpu_engine_env(cpu.kv_cache_space_gib)
         else:
             model, engine_args, tools = llm.model, gpu_engine_args(llm, config.kvcached.enabled), llm.tool_calling
@@ -135,6 +141,18 @@ def serve_fast_path_env(environ: dict[str, str] | None = None) -> dict[str, str]
     """SERVE_FAST_PATH_ENV, where ``environ`` (the builder's, which `serve run`'s shell set) does not say otherwise."""
     environ = os.environ if environ is None else environ
     return {name: environ.get(name, value) for name, value in SERVE_FAST_PATH_ENV.items()}
+
+
+def resolve_stand_in(config: RouterConfig, accelerator: Accelerator, cluster: dict[str, float]) -> str | None:
+    """The GPU stand-in resource to place by: configured, on the CPU profile, and present in ``cluster``."""
+    name = config.cpu_fallback.gpu_stand_in
+    if accelerator != "cpu" or name is None:
+        return None
+    if cluster.get(name, 0) <= 0:
+        logger.info("No %r resource in the Ray cluster: the CPU profile places replicas by CPUs alone.", name)
+        return None
+    logger.info("Placing by the GPU stand-in %r: each replica asks for its GPU-profile share of it.", name)
+    return name
 
 
 def resolve_accelerator(requested: str, cluster_gpus: float) -> Accelerator:

@@ -336,6 +336,11 @@ class CPUFallbackConfig(StrictModel):
     kv_cache_space_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE: allocated up front per engine.")
     llm_num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per LLM replica.")
     small_num_cpus: float = Field(0.05, ge=0, description="Ray CPUs per ingress, classifier and stats replica.")
+    gpu_stand_in: str | None = Field(
+        None, min_length=1, description="A custom Ray resource that stands for the GPU on a cluster without one "
+        "(the local multi-node cluster's LLM node type declares it, docs/cluster.md). When the cluster has it, "
+        "each LLM replica and the classifier ask for their GPU-profile share (num_gpus) of it, so they land on "
+        "the node types the GPU profile puts them on; on a cluster without it, it is ignored.")
 
     @field_validator("engine_args")
     @classmethod

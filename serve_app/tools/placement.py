@@ -1,6 +1,6 @@
 """What each deployment of a Serve config file will ask of Ray, and what each engine starts with.
 
-    python -m serve_app.tools.placement serve_config.yaml [--accelerator gpu|cpu]
+    python -m serve_app.tools.placement serve_config.yaml [--accelerator gpu|cpu] [--stand-in]
 
 An operator's view of the plan (``serve_app/config/graph.py``) joined with the file's own Serve options
 (replicas, autoscaling, queue limits). No cluster is contacted; secrets in the environment are masked.
@@ -51,9 +51,11 @@ def mask_env(env: dict[str, str]) -> dict[str, str]:
     return {k: "****" if any(w in k.upper() for w in _SECRET_WORDS) else v for k, v in env.items()}
 
 
-def describe(app: dict[str, Any], accelerator: Accelerator) -> list[DeploymentView]:
-    """The deployments of one application of a Serve config file (a dict), as they will run on ``accelerator``."""
-    graph = plan(RouterConfig.model_validate(app.get("args") or {}), accelerator)
+def describe(app: dict[str, Any], accelerator: Accelerator, stand_in: bool = False) -> list[DeploymentView]:
+    """The deployments of one application of a Serve config file (a dict), as they will run on ``accelerator``
+    (``stand_in``: on a cluster that declares the config's ``cpu_fallback.gpu_stand_in`` resource)."""
+    config = RouterConfig.model_validate(app.get("args") or {})
+    graph = plan(config, accelerator, config.cpu_fallback.gpu_stand_in if stand_in and accelerator == "cpu" else None)
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []}
     app_env = {k: str(v) for k, v in ((app.get("runtime_env") or {}).get("env_vars") or {}).items()}
     views = [DeploymentView(name, actor, options.get(name, {}),
@@ -82,9 +84,11 @@ def _scaling_text(view: DeploymentView) -> str:
 def format_views(views: list[DeploymentView], accelerator: Accelerator) -> str:
     lines = [f"accelerator: {accelerator}"]
     for v in views:
+        resources = v.ray_actor_options.get("resources", {})
         lines += ["", v.name,
                   f"  GPU fraction  {v.ray_actor_options.get('num_gpus', 0):g}",
                   f"  CPUs          {v.ray_actor_options.get('num_cpus', 1):g}",
+                  *(f"  resource      {name} {amount:g}" for name, amount in resources.items()),
                   f"  replicas      {_scaling_text(v)}"]
         if v.model:
             lines.append(f"  model         {v.model}")
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", default="serve_config.yaml")
     parser.add_argument("--accelerator", choices=["gpu", "cpu"],
                         help="default: the config's accelerator; gpu where it says auto")
+    parser.add_argument("--stand-in", action="store_true", help="on the CPU profile: as placed on a cluster that "
+                        "declares the config's cpu_fallback.gpu_stand_in resource (the local multi-node cluster)")
     parser.add_argument("--app", help="application name (default: the first)")
     args = parser.parse_args(argv)
     with open(args.config) as f:
@@ -117,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no application {args.app!r} in {args.config}")
     configured = (app.get("args") or {}).get("accelerator", "auto")
     accelerator = args.accelerator or ("cpu" if configured == "cpu" else "gpu")
-    print(format_views(describe(app, accelerator), accelerator))
+    print(format_views(describe(app, accelerator, args.stand_in), accelerator))
+    stand_in = RouterConfig.model_validate(app.get("args") or {}).cpu_fallback.gpu_stand_in
+    if accelerator == "cpu" and stand_in:
+        print(f"GPU stand-in: {stand_in}. On a cluster that declares this resource, each replica asks for its "
+              f"GPU-profile share (num_gpus) of it{'' if args.stand_in else ' (--stand-in shows that plan)'}; "
+              "elsewhere it is ignored (docs/cluster.md).")
     for llm in RouterConfig.model_validate(app.get("args") or {}).llms:
         if llm.external:  # no deployment, no resources: the ingress calls it
             print(f"external llm {llm.name}: {llm.model} at {llm.endpoint}"
