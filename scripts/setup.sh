@@ -19,6 +19,17 @@ PIP=(.venv/bin/python -m pip)
 
 # Convert SmolLM2's GGUF to the Hugging Face folder vLLM serves (once; cached in ~/.cache/semantic-router).
 .venv/bin/python -m serve_app.embedded
+# Prometheus for the multi-node tests (they scrape the cluster with it): Debian's package unpacked into the
+# virtualenv, so no root and no system service. Elsewhere, put any prometheus 2.x on the PATH.
+if [ ! -x .venv/bin/prometheus ] && ! command -v prometheus >/dev/null && command -v apt-get >/dev/null; then
+  tmp=$(mktemp -d)
+  fetch() { (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); }
+  # No package lists yet (a fresh container): read them first, where we may.
+  fetch || { [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && fetch; } || true
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/deb" 2>/dev/null && cp "$tmp/deb/usr/bin/prometheus" .venv/bin/prometheus \
+    || echo "setup: could not fetch Prometheus (the multi-node tests need it): put prometheus 2.x on the PATH" >&2
+  rm -rf "$tmp"
+fi
 # Fit the classifier's encoder to serve_config.yaml's routes (classifier.model: fitted:...; a few minutes on two
 # cores, then cached until the routes' examples change).
 .venv/bin/python -m serve_app.tools.fit --config serve_config.yaml

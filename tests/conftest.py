@@ -29,7 +29,12 @@ _graphs: dict[str, contextlib.ExitStack] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: "mixed_graph" not in getattr(item, "fixturenames", ()))
+    # The mixed graph first, the multi-node cluster last: each of them takes port 8000 from the shared graph.
+    def order(item: pytest.Item) -> int:
+        fixtures = getattr(item, "fixturenames", ())
+        return 0 if "mixed_graph" in fixtures else 2 if "multinode" in fixtures else 1
+
+    items.sort(key=order)
 
 
 def _serve(name: str, path: Path, **kwargs):
@@ -54,6 +59,32 @@ def _serve(name: str, path: Path, **kwargs):
 def _stop(name: str) -> None:
     if name in _graphs:
         _graphs.pop(name).close()
+
+
+@pytest.fixture(scope="session")
+def multinode():
+    """The local multi-node cluster (harness/local_cluster.py, cluster.yaml's node types on loopback) with
+    ``serve deploy serve_config.yaml`` on it, healthy. Started after every single-node graph has stopped."""
+    from harness.local_cluster import start, stop
+
+    for other in list(_graphs):
+        _stop(other)
+    cluster = start(ROOT / "cluster.yaml", SERVE_CONFIG, idle_timeout_minutes=0.5)
+    try:
+        deployed = cluster.deploy(SERVE_CONFIG)
+        assert deployed.returncode == 0, deployed.stderr
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                if httpx.get(f"{BASE}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not healthy on the local cluster:\n{cluster.ray_status()}"
+            time.sleep(3)
+        yield cluster
+    finally:
+        stop(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,20 @@ def test_one_gpu_node_holds_the_graph_and_max_workers_hold_its_peak(cluster, ser
     peak_gpus = sum(v.ray_actor_options["num_gpus"] * v.replicas[1] for v in views)
     assert peak_gpus <= node["max_workers"] * node["resources"]["GPU"]
     assert node["min_workers"] >= 1  # a GPU is there when accelerator: auto looks at deploy time
+
+
+def test_the_local_cluster_mirrors_its_node_types_on_loopback(cluster):
+    from harness.local_cluster import HEAD_TYPE, autoscaling_config, stand_in_resource
+
+    stand_in = stand_in_resource(ROOT / "serve_config.yaml")
+    local = autoscaling_config(cluster, stand_in, idle_timeout_minutes=0.5)
+    validate_config(local)  # against the schema the autoscaler reads it with
+    types = local["available_node_types"]
+    assert set(types) == {HEAD_TYPE} | set(cluster["available_node_types"]) - {cluster["head_node_type"]}
+    assert types[HEAD_TYPE]["resources"] == {"CPU": 8}  # the head's CPUs; no GPU, no stand-in
+    for name, declared in _gpu_types(cluster).items():
+        mirrored = types[name]
+        assert mirrored["resources"][stand_in] == declared["resources"]["GPU"] and "GPU" not in mirrored["resources"]
+        assert (mirrored["min_workers"], mirrored["max_workers"]) == (declared["min_workers"], declared["max_workers"])
+    assert local["max_workers"] == cluster["max_workers"] and local["idle_timeout_minutes"] == 0.5
+    assert local["provider"]["gcs_address"].startswith("127.0.0.1:")

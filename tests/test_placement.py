@@ -10,6 +10,7 @@ import pytest
 from serve_app.config.graph import (
     CLASSIFIER,
     GIB,
+    HEAD_RESOURCE,
     INGRESS,
     SERVE_FAST_PATH_ENV,
     plan,
@@ -44,7 +45,9 @@ def test_the_gpu_stand_in_places_the_cpu_profile_as_the_gpu_profile(router_args)
         assert llm.ray_actor_options == {"num_cpus": 0.5, "resources": {"local_gpu": share}}
         assert llm.cpu_fallback
     assert cpu.ray_actor_options[CLASSIFIER]["resources"] == {"local_gpu": 0.1}
-    assert "resources" not in cpu.ray_actor_options[INGRESS]  # the head node's, as on GPUs
+    for p in (gpu, cpu):  # the ingress and stats stay on the CPU head, as on GPUs
+        assert p.ray_actor_options[INGRESS]["resources"] == {HEAD_RESOURCE: 0.001}
+    assert "resources" not in plan(config, "cpu").ray_actor_options[INGRESS]  # one machine: nothing to pin
     assert "resources" not in plan(config, "cpu").llms["code"].ray_actor_options
 
 

@@ -25,6 +25,10 @@ INGRESS = "Ingress"
 CLASSIFIER = "Classifier"
 STATS = "StatsAggregator"
 GIB = 1 << 30
+# Every Ray head node has this resource. On a cluster of node types the ingress and stats replicas ask for a
+# sliver of it: they stay on the CPU head beside Serve's proxy and controller, so losing an LLM node never
+# takes the ingress (and every request in it) down with it.
+HEAD_RESOURCE = "node:__internal_head__"
 
 # Ray Serve runs a replica's user code, and a handle's request router, on event loops of their own threads
 # by default: every call to the classifier crossed four threads for a few milliseconds of model. The router's
@@ -106,19 +110,21 @@ def gpu_engine_args(llm: LLMEntry, use_kvcached: bool) -> dict[str, Any]:
 
 def plan(config: RouterConfig, accelerator: Accelerator, gpu_stand_in: str | None = None) -> GraphPlan:
     """``gpu_stand_in``: on the CPU profile, the resource each GPU-profile share is asked of instead
-    (``resolve_stand_in``), so a cluster without GPUs places replicas as a GPU cluster would."""
+    (``resolve_stand_in``), so a cluster without GPUs places replicas as a GPU cluster would: the LLMs and
+    the classifier on the GPU node type, the ingress and stats on the head."""
     if accelerator == "cpu" and config.kvcached.enabled:
         logger.info("kvcached is GPU-only: ignored on the CPU fallback (vLLM's CPU build reserves its KV cache).")
     cpu = config.cpu_fallback
     fast_path = {"runtime_env": {"env_vars": serve_fast_path_env()}}
     small = {"num_cpus": cpu.small_num_cpus} | fast_path
+    on_head = small if accelerator == "cpu" and not gpu_stand_in else small | {"resources": {HEAD_RESOURCE: 0.001}}
 
     def on_cpu(num_cpus: float, gpu_share: float) -> dict[str, Any]:
         return {"num_cpus": num_cpus} | ({"resources": {gpu_stand_in: gpu_share}} if gpu_stand_in else {})
 
     classifier = (on_cpu(cpu.small_num_cpus, config.classifier.num_gpus) | fast_path if accelerator == "cpu"
                   else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus} | fast_path)
-    result = GraphPlan({INGRESS: small, CLASSIFIER: classifier, STATS: small})
+    result = GraphPlan({INGRESS: on_head, CLASSIFIER: classifier, STATS: on_head})
     for llm in config.llms:
         if llm.external:
             result.llms[llm.name] = external_plan(llm)
