@@ -34,6 +34,7 @@ from serve_app.dispatch.stats import RequestRecord, RoutingStats
 from serve_app.llm.external import ExternalLLM, api_key, http_pool
 from serve_app.llm.plan import LLMPlan
 from serve_app.llm.protocol import DeploymentLLM, LLMClient
+from serve_app.llm.replicas import ReplicaView
 from serve_app.routing.decider import Decider, examples_of
 from serve_app.routing.policy import RoutingDecision
 
@@ -118,9 +119,9 @@ class Ingress:
         self.classifier = classifier
         # In-cluster LLMs through their deployments; external ones through one pooled HTTP client.
         self.http = http_pool()
-        self.running_replicas: dict[str, int] = {}  # by deployment, from Serve's status (_watch_replicas_forever)
+        self.replicas = ReplicaView()  # which deployments have a replica serving (_watch_replicas_forever)
         self.clients: dict[str, LLMClient] = {
-            name: DeploymentLLM(handle, partial(self._has_replica, llm_plans[name].deployment))
+            name: DeploymentLLM(handle, partial(self.replicas.has_replica, llm_plans[name].deployment))
             for name, handle in llms.items()}
         self.clients |= {name: ExternalLLM(self.http, llm, api_key(llm)) for name, llm in llm_plans.items()
                          if llm.external}
@@ -278,19 +279,15 @@ class Ingress:
 
     # ---- replicas ---------------------------------------------------------------------------------
 
-    def _has_replica(self, deployment: str) -> bool:
-        return self.running_replicas.get(deployment, 1) > 0  # not known yet: assume it runs
-
     async def _watch_replicas_forever(self) -> None:
         """How many replicas of each deployment run, from Serve's status about once a second."""
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
                 application = status.applications[serve.get_replica_context().app_name]
-                self.running_replicas = {name: d.replica_states.get("RUNNING", 0)
-                                         for name, d in application.deployments.items()}
-            except Exception as exc:  # unknown: every deployment counts as running, as Serve's handle assumes
-                self.running_replicas = {}
+                self.replicas.update({name: d.replica_states for name, d in application.deployments.items()})
+            except Exception as exc:
+                self.replicas.forget()
                 logger.debug("Replica states not read: %r", exc)
             await asyncio.sleep(REPLICAS_POLL_S)
 
