@@ -35,7 +35,7 @@ from serve_app.config.schema import deployment_name
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root holds tests/
 from facts import machine, version_of  # noqa: E402  (a sibling module: bench/ is on the path)
 
-from harness.local_serve import LocalServe, auth_token, serve_run  # noqa: E402
+from harness.local_serve import LocalServe, dashboard_json, serve_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "http://127.0.0.1:8000"
@@ -107,14 +107,12 @@ class Client(threading.Thread):
                     time.sleep(1)
 
 
-def replicas(dashboard: str, headers: dict) -> dict[str, dict] | None:
+def replicas(dashboard: str) -> dict[str, dict] | None:
     """Per deployment: Serve's target and its live replicas (id, state, actor start time)."""
     try:
-        r = httpx.get(f"{dashboard}/api/serve/applications/", headers=headers, timeout=20)
-        r.raise_for_status()
+        deployments = dashboard_json(dashboard, "/api/serve/applications/")["applications"]["router"]["deployments"]
     except httpx.HTTPError:
         return None  # a busy dashboard: skip this sample
-    deployments = r.json()["applications"]["router"]["deployments"]
     return {name: {"target": d["target_num_replicas"],
                    "replicas": {x["replica_id"]: {"state": x["state"], "start_time_s": x["start_time_s"]}
                                 for x in d["replicas"]}}
@@ -150,16 +148,14 @@ class Observer:
     """Samples every deployment's replicas and the loaded deployment's token counters."""
 
     def __init__(self, graph: LocalServe, t0: float) -> None:
-        token = auth_token()
         self.graph, self.t0 = graph, t0
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.metrics_url = graph.metrics_url()
         self.samples: list[dict] = []
         self.first_seen: dict[tuple[str, str], float] = {}  # (replica id, state) -> t
 
     def sample(self) -> dict | None:
         now = time.time()
-        state = replicas(self.graph.dashboard_url, self.headers)
+        state = replicas(self.graph.dashboard_url)
         if state is None:
             return None
         self.metrics_url = self.metrics_url or self.graph.metrics_url()

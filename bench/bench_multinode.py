@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from bench_autoscaling import AUTOSCALING, tokens_by_replica  # noqa: E402  (siblings: bench/ is on the path)
 from facts import machine, version_of  # noqa: E402
 
-from harness.local_cluster import LocalCluster, alive_workers, start, stop  # noqa: E402
+from harness.local_cluster import LocalCluster, start, stop  # noqa: E402
+from harness.local_serve import wait_healthy  # noqa: E402
 from harness.node_loss import node_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,18 +53,6 @@ def bench_config(shipped: dict) -> dict:
         if d["name"] == LOADED:
             d["autoscaling_config"] = dict(AUTOSCALING)
     return config
-
-
-def wait_healthy(timeout_s: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        try:
-            if httpx.get(f"{BASE}/health", timeout=5).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise SystemExit(f"not healthy after {timeout_s:.0f}s")
 
 
 def tokens_everywhere(cluster: LocalCluster) -> dict[str, float]:
@@ -101,7 +90,7 @@ def stream_load(stop_event: threading.Event, clients: int) -> None:
 
 def node_autoscaling(cluster: LocalCluster, clients: int, timeout_s: float) -> dict:
     """Timings (seconds from the start of the load) of each step, from 2-second samples."""
-    first = {n["node_id"] for n in alive_workers(cluster)}
+    first = {n["node_id"] for n in cluster.alive_workers()}
     t0, steps = time.monotonic(), {}
     stop_event = threading.Event()
     load = threading.Thread(target=stream_load, args=(stop_event, clients), daemon=True)
@@ -114,10 +103,10 @@ def node_autoscaling(cluster: LocalCluster, clients: int, timeout_s: float) -> d
 
     new_replica = new_node = None
     while time.monotonic() - t0 < timeout_s:
-        code = cluster.serve_details()["applications"]["router"]["deployments"][LOADED]
+        code = cluster.deployments()[LOADED]
         if code["target_num_replicas"] >= 2:
             at("serve_added_replica")
-        workers = {n["node_id"] for n in alive_workers(cluster)}
+        workers = {n["node_id"] for n in cluster.alive_workers()}
         if workers - first:
             new_node = next(iter(workers - first))
             at("autoscaler_node_joined")
@@ -132,11 +121,10 @@ def node_autoscaling(cluster: LocalCluster, clients: int, timeout_s: float) -> d
     stop_event.set()
     at("load_stopped")
     while time.monotonic() - t0 < timeout_s + 600:
-        code = cluster.serve_details()["applications"]["router"]["deployments"][LOADED]
-        running = [r for r in code["replicas"] if r["state"] == "RUNNING"]
-        if len(running) == 1:
+        code = cluster.deployments()[LOADED]
+        if sum(r["state"] == "RUNNING" for r in code["replicas"]) == 1:
             at("serve_removed_replica")
-        if "serve_removed_replica" in steps and new_node not in {n["node_id"] for n in alive_workers(cluster)}:
+        if "serve_removed_replica" in steps and new_node not in {n["node_id"] for n in cluster.alive_workers()}:
             at("autoscaler_removed_idle_node")
             break
         time.sleep(2)
@@ -159,7 +147,7 @@ def main() -> int:
         deployed = cluster.deploy(config)
         if deployed.returncode:
             raise SystemExit(deployed.stderr)
-        wait_healthy(900)
+        wait_healthy(cluster.base_url, 900)
         healthy_s = time.monotonic() - t
         print(f"deployed and healthy after {healthy_s:.0f}s; node autoscaling:")
         scaling = node_autoscaling(cluster, args.clients, timeout_s=900)

@@ -29,12 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import yaml
+
+from harness.local_serve import dashboard_json, serve_deploy
+from harness.prometheus import ray_prometheus_config
+from serve_app.config.file import load_app_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head's type
 LOOPBACK = "127.0.0.1"
+HTTP_PORT = 8000
 GCS_PORT = 6390  # not Ray's default 6379, so a stray single-node cluster cannot be joined by mistake
 DASHBOARD_PORT = 8265
 STATE = Path("/tmp/semantic-router-local-cluster.json")  # where `up` leaves what `status` and `down` need
@@ -44,8 +50,7 @@ OBJECT_STORE_BYTES = 512 * 1024 * 1024
 
 def stand_in_resource(serve_config: Path) -> str:
     """The resource serve_config.yaml places by on a cluster without GPUs (``cpu_fallback.gpu_stand_in``)."""
-    app = yaml.safe_load(serve_config.read_text())["applications"][0]
-    name = ((app.get("args") or {}).get("cpu_fallback") or {}).get("gpu_stand_in")
+    name = load_app_config(serve_config).router.cpu_fallback.gpu_stand_in
     if not name:
         raise SystemExit(f"{serve_config}: set args.cpu_fallback.gpu_stand_in to place replicas by node type")
     return name
@@ -97,6 +102,10 @@ class LocalCluster:
         return f"http://{LOOPBACK}:{DASHBOARD_PORT}"
 
     @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{HTTP_PORT}"
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment of a client of this cluster (`serve deploy`, `ray status`)."""
         # Ray 2.60 turns token auth on for a new cluster: its clients send the token (~/.ray/auth_token).
@@ -120,22 +129,23 @@ class LocalCluster:
                 pass
         return len(procs)
 
-    def serve_details(self) -> dict[str, Any]:
-        """Serve's view of the cluster from the dashboard's REST API: each replica with its node and state."""
-        import httpx
+    def deployments(self) -> dict[str, Any]:
+        """Serve's view of the router's deployments (the dashboard's REST API): replicas with node and state."""
+        return dashboard_json(self.dashboard_url, "/api/serve/applications/")["applications"]["router"]["deployments"]
 
-        from harness.local_serve import auth_token
+    def running_on(self) -> dict[str, set[str]]:
+        """The nodes each deployment has a RUNNING replica on."""
+        return {name: {r["node_id"] for r in d["replicas"] if r["state"] == "RUNNING"}
+                for name, d in self.deployments().items()}
 
-        token = auth_token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        r = httpx.get(f"{self.dashboard_url}/api/serve/applications/", headers=headers, timeout=30)
-        r.raise_for_status()
-        return r.json()
+    def alive_workers(self) -> list[dict[str, Any]]:
+        """The worker nodes alive now, as the GCS sees them: node_id, ip, resources."""
+        nodes = dashboard_json(self.dashboard_url, "/api/v0/nodes?detail=1&limit=1000")["data"]["result"]["result"]
+        return [{"node_id": n["node_id"], "ip": n["node_ip"], "resources": n["resources_total"]}
+                for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"]]
 
     def deploy(self, serve_config: Path) -> subprocess.CompletedProcess[str]:
         """``serve deploy`` a config file onto this cluster, as a user does."""
-        from harness.local_serve import serve_deploy
-
         return serve_deploy(serve_config, self.dashboard_url)
 
     def ray_status(self) -> str:
@@ -171,34 +181,20 @@ def start(cluster_yaml: Path = ROOT / "cluster.yaml", serve_config: Path = ROOT 
     # Serve's proxy on the head only, on loopback, before any deploy: serve_config.yaml's http_options (all
     # interfaces, for a real head) are then left as they are, with a warning from `serve deploy`.
     serve = Path(sys.executable).parent / "serve"
-    subprocess.run([str(serve), "start", "--http-host", LOOPBACK, "--http-port", "8000", "--proxy-location",
+    subprocess.run([str(serve), "start", "--http-host", LOOPBACK, "--http-port", str(HTTP_PORT), "--proxy-location",
                     "HeadOnly"], env=local.env, check=True, capture_output=True, text=True, timeout=120)
     wanted = sum(t.get("min_workers", 0) for t in config["available_node_types"].values())
     deadline = time.monotonic() + timeout_s
-    while len(alive_workers(local)) < wanted:
+    while True:
+        try:
+            if len(local.alive_workers()) >= wanted:
+                return local
+        except httpx.HTTPError:  # the dashboard is still starting
+            pass
         if time.monotonic() > deadline:
             stop(local)
             raise RuntimeError(f"{wanted} worker node(s) did not join within {timeout_s:.0f}s")
         time.sleep(2)
-    return local
-
-
-def alive_workers(cluster: LocalCluster) -> list[dict[str, Any]]:
-    """The worker nodes alive now, as the GCS sees them: node_id, node type, resources."""
-    nodes = _nodes(cluster)
-    return [n for n in nodes if n["alive"] and not n["is_head"]]
-
-
-def _nodes(cluster: LocalCluster) -> list[dict[str, Any]]:
-    code = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
-            "print(json.dumps([{'node_id': n['NodeID'], 'alive': n['Alive'], 'ip': n['NodeManagerAddress'], "
-            "'is_head': n['Resources'].get('node:__internal_head__', 0) > 0, 'resources': n['Resources'], "
-            "'labels': n.get('Labels', {})} for n in ray.nodes()]))")
-    out = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=60)
-    if out.returncode:
-        print(out.stderr[-3000:], file=sys.stderr)
-        return []
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def stop(cluster: LocalCluster) -> None:
@@ -241,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local cluster up: head {cluster.address}, dashboard {cluster.dashboard_url}, "
               f"RAY_TMPDIR {cluster.ray_tmp}")
         print(f"deploy: RAY_AUTH_MODE=token serve deploy -a {cluster.dashboard_url} serve_config.yaml")
-        prom_config = Path(cluster.ray_tmp) / "session_latest" / "metrics" / "prometheus" / "prometheus.yml"
-        print(f"prometheus: .venv/bin/prometheus --config.file={prom_config} --web.listen-address=127.0.0.1:9090 "
+        print(f"prometheus: .venv/bin/prometheus --config.file={ray_prometheus_config(cluster.ray_tmp)} "
+              "--web.listen-address=127.0.0.1:9090 "
               "--storage.tsdb.path=/tmp/prometheus-local-cluster")
     elif args.command == "status":
         print(_saved().ray_status())

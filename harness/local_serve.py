@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import psutil
@@ -159,6 +159,29 @@ def auth_token() -> str | None:
     """The token a local Ray cluster made for itself (Ray 2.60 turns token auth on for new local clusters)."""
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     return os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.exists() else None)
+
+
+def dashboard_json(dashboard_url: str, path: str) -> Any:
+    """A GET of the Ray dashboard's REST API (``/api/serve/applications/``, ``/api/v0/nodes``), with the
+    cluster's token when it has one."""
+    token = auth_token()
+    r = httpx.get(f"{dashboard_url}{path}", headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_healthy(base_url: str, timeout_s: float) -> float:
+    """Seconds until ``/health`` answers 200; raises StartupError after ``timeout_s``."""
+    started = time.monotonic()
+    while True:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            raise StartupError(f"{base_url} not healthy after {timeout_s:.0f}s")
+        time.sleep(2)
 
 
 def serve_deploy(config: str | Path, dashboard_url: str) -> subprocess.CompletedProcess[str]:

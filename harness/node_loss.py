@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 import openai
 
-from harness.local_cluster import LocalCluster, alive_workers
+from harness.local_cluster import LocalCluster
 
 PROMPTS = [  # one per route, auto-routed
     "Write a Python function that checks whether a string is a palindrome.",
@@ -130,7 +131,7 @@ async def node_loss(cluster: LocalCluster, base_url: str, clients: int = 4, warm
     load = asyncio.create_task(_load(base_url, clients, stop, outcomes, t0))
     await asyncio.sleep(warm_s)
     victim = _busiest_worker(cluster)
-    before = {n["node_id"] for n in alive_workers(cluster)}
+    before = {n["node_id"] for n in cluster.alive_workers()}
     killed = cluster.kill_node(victim)
     kill_at = time.monotonic()
     report = NodeLossReport(victim, killed, kill_at - t0, None, None, None, None, outcomes)
@@ -146,17 +147,13 @@ async def node_loss(cluster: LocalCluster, base_url: str, clients: int = 4, warm
         await asyncio.sleep(after_s)  # the load goes on against the healed graph
     stop.set()
     await load
-    new = [n["node_id"] for n in alive_workers(cluster) if n["node_id"] not in before]
+    new = [n["node_id"] for n in cluster.alive_workers() if n["node_id"] not in before]
     report.new_node = new[0] if new else None
     return report
 
 
 def _busiest_worker(cluster: LocalCluster) -> str:
     """The worker node with the most running replicas of the application."""
-    count: dict[str, int] = {}
-    for dep in cluster.serve_details()["applications"]["router"]["deployments"].values():
-        for r in dep["replicas"]:
-            if r["state"] == "RUNNING":
-                count[r.get("node_id")] = count.get(r.get("node_id"), 0) + 1
-    workers = {n["node_id"] for n in alive_workers(cluster)}
+    count = Counter(node for nodes in cluster.running_on().values() for node in nodes)
+    workers = {n["node_id"] for n in cluster.alive_workers()}
     return max((n for n in count if n in workers), key=count.__getitem__)

@@ -66,6 +66,7 @@ def multinode():
     """The local multi-node cluster (harness/local_cluster.py, cluster.yaml's node types on loopback) with
     ``serve deploy serve_config.yaml`` on it, healthy. Started after every single-node graph has stopped."""
     from harness.local_cluster import start, stop
+    from harness.local_serve import StartupError, wait_healthy
 
     for other in list(_graphs):
         _stop(other)
@@ -73,15 +74,10 @@ def multinode():
     try:
         deployed = cluster.deploy(SERVE_CONFIG)
         assert deployed.returncode == 0, deployed.stderr
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                if httpx.get(f"{BASE}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not healthy on the local cluster:\n{cluster.ray_status()}"
-            time.sleep(3)
+        try:
+            wait_healthy(cluster.base_url, 900)
+        except StartupError as exc:
+            pytest.fail(f"{exc} on the local cluster:\n{cluster.ray_status()}")
         yield cluster
     finally:
         stop(cluster)

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from harness.local_serve import LocalServe, auth_token, serve_deploy
+from harness.local_serve import LocalServe, dashboard_json, serve_deploy
 from serve_app.config.file import routing_block
 from serve_app.config.live import fingerprint
 from serve_app.config.schema import RoutingConfig
@@ -124,10 +124,8 @@ def _routing_version(graph: LocalServe, config: dict):
 
 def _serve_option(graph: LocalServe, deployment: str, option: str):
     """A deployment's option as Serve runs it now (its REST API)."""
-    token = auth_token()
-    r = httpx.get(f"{graph.dashboard_url}/api/serve/applications/", timeout=30,
-                  headers={"Authorization": f"Bearer {token}"} if token else {})
-    return r.json()["applications"]["router"]["deployments"][deployment]["deployment_config"][option]
+    application = dashboard_json(graph.dashboard_url, "/api/serve/applications/")["applications"]["router"]
+    return application["deployments"][deployment]["deployment_config"][option]
 
 
 class _Stream(threading.Thread):

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from harness.local_serve import auth_token, serve_deploy
+from harness.local_serve import dashboard_json, serve_deploy
 from serve_app.config.file import routing_block
 from tests.conftest import BASE, SERVE_CONFIG
 
@@ -84,11 +84,7 @@ def _route(text: str) -> tuple[str, str]:
 
 def _application(dashboard: str) -> dict:
     """Serve's own view of the application, from the dashboard's REST API."""
-    token = auth_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    r = httpx.get(f"{dashboard}/api/serve/applications/", headers=headers, timeout=30)
-    r.raise_for_status()
-    return r.json()["applications"]["router"]
+    return dashboard_json(dashboard, "/api/serve/applications/")["applications"]["router"]
 
 
 def _replicas(dashboard: str) -> dict[str, set[tuple[str, int]]]:

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from harness import prometheus
-from harness.local_cluster import alive_workers
 from harness.node_loss import CLIENT_TIMEOUT_S, node_loss
 from tests.conftest import BASE, ROOT
 
@@ -41,16 +40,11 @@ def scraped(multinode):
     prom.stop()
 
 
-def _placement(cluster) -> dict[str, set[str]]:
-    deployments = cluster.serve_details()["applications"]["router"]["deployments"]
-    return {name: {r["node_id"] for r in d["replicas"] if r["state"] == "RUNNING"} for name, d in deployments.items()}
-
-
 def test_replicas_land_on_the_node_types_of_cluster_yaml(multinode):
-    workers = alive_workers(multinode)
+    workers = multinode.alive_workers()
     assert len(workers) == 1 and workers[0]["resources"].get("local_gpu") == 1  # cluster.yaml: gpu, min_workers 1
     worker_ids = {w["node_id"] for w in workers}
-    placed = _placement(multinode)
+    placed = multinode.running_on()
     for name in ON_LLM_NODES:
         assert placed[name] and placed[name] <= worker_ids, f"{name} on {placed[name]}, not on the LLM node"
     for name in ON_HEAD:
@@ -78,7 +72,7 @@ def test_a_node_lost_under_load_costs_no_hung_request_and_heals_itself(multinode
     # The autoscaler replaced the node and Serve put the replicas back, with no one touching anything.
     assert report.healthy_after_s is not None, multinode.ray_status()
     assert report.new_node is not None and report.new_node != report.killed_node
-    assert set().union(*(_placement(multinode)[n] for n in ON_LLM_NODES)) == {report.new_node}
+    assert set().union(*(multinode.running_on()[n] for n in ON_LLM_NODES)) == {report.new_node}
     healed = [o for o in report.outcomes if o.started > report.kill_at_s + report.healthy_after_s]
     assert healed and all(o.status == 200 for o in healed)
 
