@@ -211,6 +211,9 @@ class Ingress:
     async def health(self) -> JSONResponse:
         status = await asyncio.to_thread(serve.status)
         application = status.applications[serve.get_replica_context().app_name]
+        # The same status routes the next requests: once /health says a deployment is back, it is not routed
+        # around on a view up to REPLICAS_POLL_S older.
+        self.replicas.update({name: d.replica_states for name, d in application.deployments.items()})
         deployments = {name: d.status.value for name, d in application.deployments.items()}
         # Scaling up or down is healthy: every deployment has ready replicas serving.
         ready = all(s in ("HEALTHY", "UPSCALING", "DOWNSCALING") for s in deployments.values())
