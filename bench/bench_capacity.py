@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
-import copy
 import hashlib
 import itertools
 import json
@@ -69,9 +68,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from facts import machine, version_of  # noqa: E402  (a sibling module: bench/ is on the path when run as documented)
 
-from harness.local_serve import StartupError, serve_run  # noqa: E402
+from harness.local_serve import StartupError, haproxy_env, serve_run  # noqa: E402
+from harness.openai_stub import config_with_stub_llms  # noqa: E402
 from serve_app.config.file import app_config, application_index, load_yaml  # noqa: E402
-from serve_app.config.schema import deployment_name  # noqa: E402
 from serve_app.embedded import MINILM, minilm_path  # noqa: E402
 from serve_app.tools.labelled import load_labelled  # noqa: E402
 
@@ -85,7 +84,8 @@ WARMUP = 32  # requests at 8 clients before the first level, not counted
 EMBEDDINGS_READY = "Initialized semantic embeddings"  # kvcached's log line; without it the example matches keywords
 DISTURBED = 0.15  # others took more than this share of the machine's CPU during a level: measure it again
 MIN_JUDGED_S = 2.0  # levels shorter than this are not judged (10 ms clock ticks, loopback kernel work)
-ROUTERS = ("direct", "kvcached", "ours")  # measured in this order, one at a time
+ROUTERS = ("direct", "kvcached", "ours", "ours-haproxy")  # measured in this order, one at a time
+OURS = ("ours", "ours-haproxy")
 PACKAGES = ("ray", "fastapi", "uvicorn", "httpx", "sentence-transformers", "torch", "transformers")
 
 
@@ -179,9 +179,9 @@ def kvcached_models(router: Path, backends: dict[str, Stub]) -> list[dict[str, A
 
 
 @contextmanager
-def direct(backends: dict[str, Stub], route: str) -> Iterator[tuple[str, list[psutil.Process]]]:
+def direct(backends: dict[str, Stub], route: str) -> Iterator[tuple[str, Callable[[], list[psutil.Process]]]]:
     """No router: one stub called straight, the most this load generator and machine can measure."""
-    yield f"http://127.0.0.1:{backends[route].port}", [backends[route].proc]
+    yield f"http://127.0.0.1:{backends[route].port}", lambda: [backends[route].proc]
 
 
 def _shown(path: Path) -> str:
@@ -192,7 +192,7 @@ def _shown(path: Path) -> str:
 
 @contextmanager
 def kvcached_router(router: Path, python: str, backends: dict[str, Stub], scratch: Path
-                    ) -> Iterator[tuple[str, list[psutil.Process]]]:
+                    ) -> Iterator[tuple[str, Callable[[], list[psutil.Process]]]]:
     folder = scratch / "kvcached"
     folder.mkdir()
     (folder / MINILM).symlink_to(minilm_path())  # SentenceTransformer("all-MiniLM-L6-v2") finds it here
@@ -205,29 +205,27 @@ def kvcached_router(router: Path, python: str, backends: dict[str, Stub], scratc
                  timeout_s=300) as proc:
         if EMBEDDINGS_READY not in log.read_text():  # keyword matching alone is not the router of the issue
             raise StartupError(f"kvcached's example runs without embeddings:\n{log.read_text()[-3000:]}")
-        yield url, [proc]
+        yield url, lambda: [proc]
 
 
 def ours_config(shipped: dict[str, Any], backends: dict[str, Stub]) -> dict[str, Any]:
     """serve_config.yaml with every LLM an external endpoint at its stub, and no vLLM deployment."""
-    config = copy.deepcopy(shipped)
-    app = config["applications"][application_index(config)]
-    names = [llm["name"] for llm in app["args"]["llms"]]
-    app["args"]["llms"] = [{"name": name, "endpoint": f"http://127.0.0.1:{backends[name].port}/v1",
-                            "model": f"stub-{name}"} for name in names]
-    engines = {deployment_name(name) for name in names}
-    app["deployments"] = [d for d in app["deployments"] if d["name"] not in engines]
+    endpoints = {name: f"http://127.0.0.1:{stub.port}/v1" for name, stub in backends.items()}
+    config = config_with_stub_llms(shipped, endpoints)
     app_config(config)  # refused here, naming the key, rather than after a cluster start
     return config
 
 
 @contextmanager
-def our_router(backends: dict[str, Stub], scratch: Path) -> Iterator[tuple[str, list[psutil.Process]]]:
+def our_router(backends: dict[str, Stub], scratch: Path, haproxy: bool = False
+               ) -> Iterator[tuple[str, Callable[[], list[psutil.Process]]]]:
+    """``haproxy``: Ray Serve's HAProxy ingress (harness.local_serve.haproxy_env) in place of its Python proxy."""
     path = scratch / "serve_config.capacity.yaml"
     path.write_text(yaml.safe_dump(ours_config(load_yaml(ROOT / "serve_config.yaml"), backends), sort_keys=False))
-    with serve_run(path, BASE, timeout_s=600) as graph:
-        # Every process of the private cluster: Ray's own cost is the router's cost too.
-        yield graph.base_url, graph.processes("")
+    with serve_run(path, BASE, timeout_s=600, env=haproxy_env() if haproxy else None) as graph:
+        # Every process of the private cluster: Ray's own cost is the router's cost too. Listed again for each
+        # level: HAProxy starts a new process each time its configuration is reloaded.
+        yield graph.base_url, lambda: graph.processes("")
 
 
 # ---- load --------------------------------------------------------------------------------------------------
@@ -361,19 +359,21 @@ def measured_level(url: str, router_procs: list[psutil.Process], stub_procs: lis
     return level
 
 
-def sweep(url: str, router_procs: list[psutil.Process], backends: dict[str, Stub], queries: list[Query],
-          args: argparse.Namespace) -> dict[str, Any]:
+def sweep(url: str, router_procs: Callable[[], list[psutil.Process]], backends: dict[str, Stub],
+          queries: list[Query], args: argparse.Namespace) -> dict[str, Any]:
     """Every client count; one that others disturbed is measured again (``--retries``), the quietest kept."""
     asyncio.run(capacity_level(url, queries[-WARMUP:], 8, WARMUP, args.level_seconds))
     answered_by(backends, reset=True)
     levels = []
-    stub_procs = [s.proc for s in backends.values() if s.proc not in router_procs]  # direct: the stub is the router
     for clients in args.clients:
-        attempts = [measured_level(url, router_procs, stub_procs, queries, clients, args)]
+        procs = router_procs()
+        stub_procs = [s.proc for s in backends.values() if s.proc not in procs]  # direct: the stub is the router
+        attempts = [measured_level(url, procs, stub_procs, queries, clients, args)]
         while attempts[-1]["disturbance"] > DISTURBED and len(attempts) <= args.retries:
             print(f"  {clients:>4} clients: others took {attempts[-1]['disturbance']:.0%} of the machine, again",
                   flush=True)
-            attempts.append(measured_level(url, router_procs, stub_procs, queries, clients, args))
+            procs = router_procs()
+            attempts.append(measured_level(url, procs, stub_procs, queries, clients, args))
         level = min(attempts, key=lambda a: a["disturbance"])
         level["attempts_disturbance"] = [a["disturbance"] for a in attempts]
         levels.append(level)
@@ -433,6 +433,8 @@ def targets(kvc: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     if shared:
         found["lower_p99_at"] = {c: (by_clients[c]["p99_ms"] or math.inf) < (theirs[c]["p99_ms"] or math.inf)
                                  for c in shared}
+    if 32 in by_clients:
+        found["router_cpu_ms_per_req_at_32"] = by_clients[32]["router_cpu_ms_per_req"]
     at_8 = next((o for o in ours.get("overhead", []) if o["clients"] == 8), None)
     if at_8 and "added_p50_ms" in at_8:
         found["auto_added_ttfb_p50_ms_at_8"] = at_8["added_p50_ms"]
@@ -450,9 +452,10 @@ def print_table(result: dict[str, Any]) -> None:
                  if (lv := rows[name].get(clients)) else f"{'-':>14} {'-':>8} {'-':>8} {'-':>4} {'-':>4}"
                  for name in names]
         print(f"{clients:>7}" + "".join(f" | {cell}" for cell in cells))
-    for o in result.get("ours", {}).get("overhead", []):
-        print(f"TTFB at {o['clients']} clients: auto p50/p99 {o['auto_p50_ms']}/{o['auto_p99_ms']} ms, "
-              f"named {o['named_p50_ms']}/{o['named_p99_ms']} ms, added p50 {o.get('added_p50_ms')} ms")
+    for name in OURS:
+        for o in result.get(name, {}).get("overhead", []):
+            print(f"{name}: TTFB at {o['clients']} clients: auto p50/p99 {o['auto_p50_ms']}/{o['auto_p99_ms']} ms, "
+                  f"named {o['named_p50_ms']}/{o['named_p99_ms']} ms, added p50 {o.get('added_p50_ms')} ms")
     for name in names:
         if "error" in result[name]:
             print(f"{name}: not measured ({result[name]['error'][:200]})")
@@ -495,10 +498,11 @@ def main() -> None:
             result["kvcached"] = {"source": kvcached_source(args.kvcached_router.resolve()), **measure(
                 "kvcached", lambda: kvcached_router(args.kvcached_router.resolve(), args.kvcached_python, backends,
                                                     Path(tmp)), backends, queries, args)}
-        if "ours" in args.routers:
-            result["ours"] = measure("ours", lambda: our_router(backends, Path(tmp)), backends, queries, args,
-                                     overhead=True)
-    result["targets"] = targets(result.get("kvcached", {}), result.get("ours", {}))
+        for name in OURS:
+            if name in args.routers:
+                result[name] = measure(name, lambda h=name == "ours-haproxy": our_router(backends, Path(tmp), h),
+                                       backends, queries, args, overhead=True)
+    result["targets"] = {name: targets(result.get("kvcached", {}), result[name]) for name in OURS if name in result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)

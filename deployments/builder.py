@@ -37,6 +37,8 @@ def build_app(args: RouterConfig) -> Application:
     cluster = ray.cluster_resources() if ray.is_initialized() else {}
     accelerator = resolve_accelerator(args.accelerator, cluster.get("GPU", 0))
     graph = plan(args, accelerator, resolve_stand_in(args, accelerator, cluster))
+    logger.info("Classifier placement: %s (configured %s, accelerator %s)", graph.classifier_placement,
+                args.classifier.placement, accelerator)
     for llm in graph.deployed_llms.values():
         if llm.cpu_fallback:
             logger.warning("%s serves %s on CPU in place of %s", llm.deployment, llm.served_model, llm.configured_model)
@@ -46,7 +48,9 @@ def build_app(args: RouterConfig) -> Application:
 def build_graph(args: RouterConfig, graph: GraphPlan) -> Application:
     actor = graph.ray_actor_options
     stats = StatsAggregator.options(name=STATS, ray_actor_options=actor[STATS]).bind()
-    classifier = Classifier.options(name=CLASSIFIER, ray_actor_options=actor[CLASSIFIER]).bind(args.classifier)
+    # In the ingress, the encoder's config is all it needs: it loads the model in each of its replicas.
+    classifier = (Classifier.options(name=CLASSIFIER, ray_actor_options=actor[CLASSIFIER]).bind(args.classifier)
+                  if graph.classifier_placement == "deployment" else args.classifier)
     llms = {name: VLLMServer.options(name=llm.deployment, ray_actor_options=llm.ray_actor_options).bind(llm)
             for name, llm in graph.deployed_llms.items()}
     return Ingress.options(name=INGRESS, ray_actor_options=actor[INGRESS]).bind(classifier, llms, stats, graph.llms)

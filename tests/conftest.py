@@ -29,10 +29,10 @@ _graphs: dict[str, contextlib.ExitStack] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The mixed graph first, the multi-node cluster last: each of them takes port 8000 from the shared graph.
+    # The mixed and HAProxy graphs first, the multi-node cluster last: each takes port 8000 from the shared graph.
     def order(item: pytest.Item) -> int:
         fixtures = getattr(item, "fixturenames", ())
-        return 0 if "mixed_graph" in fixtures else 2 if "multinode" in fixtures else 1
+        return 0 if {"mixed_graph", "haproxy_graph"} & set(fixtures) else 2 if "multinode" in fixtures else 1
 
     items.sort(key=order)
 
@@ -115,7 +115,7 @@ def encoder(app_config):
     from serve_app.routing.encoder import load_encoder
 
     c = app_config.router.classifier
-    return load_encoder(c.model, c.backend, c.max_seq_length)
+    return load_encoder(c.model, c.backend, c.max_seq_length, threads=c.threads)
 
 
 @pytest.fixture(scope="session")
@@ -175,13 +175,39 @@ def upstream():
 def mixed_graph(upstream, tmp_path_factory):
     """``serve run examples/external.yaml`` with API keys: an in-cluster vLLM model and an external one.
 
-    As an operator starts it: keys in the environment of `serve run`. One change to the example: no tool
-    calling on the CPU fallback, so the 400 for tools sent to a model without it can be seen for real.
+    As an operator starts it: keys in the environment of `serve run`. Two changes to the example: no tool
+    calling on the CPU fallback, so the 400 for tools sent to a model without it can be seen for real, and the
+    classifier in a deployment of its own (classifier.placement).
     """
     config = yaml.safe_load(EXTERNAL_EXAMPLE.read_text())
     config["applications"][0]["args"]["cpu_fallback"]["tool_calling"] = None
+    # The shared graph runs the encoder in its Ingress (placement auto on a CPU): this one runs the Classifier
+    # deployment, so both placements serve for real.
+    config["applications"][0]["args"].setdefault("classifier", {})["placement"] = "deployment"
     path = tmp_path_factory.mktemp("mixed") / "external.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     yield _serve("mixed", path, env={"ROUTER_API_KEYS": f"{ROUTER_KEY},{OTHER_ROUTER_KEY}",
                                      "CODER_API_KEY": UPSTREAM_KEY})
     _stop("mixed")
+
+
+@pytest.fixture(scope="session")
+def haproxy_graph(tmp_path_factory):
+    """serve_config.yaml's router behind Ray Serve's HAProxy ingress (haproxy_env() in the environment of `serve
+    run`), its LLMs one instant stub endpoint (harness/openai_stub.py): the HTTP path alone."""
+    from harness.local_serve import haproxy_env
+    from harness.openai_stub import config_with_stub_llms
+
+    port = "9102"
+    stub = subprocess.Popen([sys.executable, "-m", "harness.openai_stub", "--port", port, "--model", "stub"], cwd=ROOT)
+    try:
+        config = yaml.safe_load(SERVE_CONFIG.read_text())
+        names = [llm["name"] for llm in config["applications"][0]["args"]["llms"]]
+        config = config_with_stub_llms(config, {name: f"http://127.0.0.1:{port}/v1" for name in names})
+        path = tmp_path_factory.mktemp("haproxy") / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        yield _serve("haproxy", path, env=haproxy_env(), timeout_s=600)
+        _stop("haproxy")
+    finally:
+        stub.terminate()
+        stub.wait(10)

@@ -98,7 +98,7 @@ def _ingress_block(text: str) -> dict:
 
 def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
         router_args, encoder, data_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args: encoder)
+    monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args, **kwargs: encoder)
     text = SERVE_CONFIG.read_text()
     # Start from routes without thresholds of their own (so --write must add them) and a top_k to change.
     text = re.sub(r"\n +threshold: [0-9.]+\n", "\n", text)

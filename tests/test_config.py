@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from serve_app.api.errors import describe_error
 from serve_app.config.live import fingerprint
-from serve_app.config.schema import AppConfig, RouterConfig, RoutingConfig
+from serve_app.config.schema import AppConfig, ClassifierBatching, RouterConfig, RoutingConfig
 from serve_app.tools.config_check import check
 
 
@@ -108,15 +108,29 @@ def test_routing_version_follows_the_content(routing_args):
 
 
 def test_each_setting_has_one_home(serve_config):
+    from deployments.classifier import Classifier
+
     app = serve_config["applications"][0]
     deployments = {d["name"]: d for d in app["deployments"]}
     # Routing (timeouts included) is the Ingress's alone; batching is the Classifier's; Serve's options are Serve's.
     ingress = deployments["Ingress"]["user_config"]
     assert "routes" in ingress and "request_timeout_s" in ingress
-    assert set(deployments["Classifier"]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
     assert "request_timeout_s" not in app["args"] and "max_batch_size" not in app["args"]["classifier"]
-    classifier = deployments["Classifier"]
-    assert classifier["max_ongoing_requests"] >= classifier["user_config"]["max_batch_size"]
+    # The shipped file has no Classifier entry: on a CPU the encoder runs in the Ingress and there is no such
+    # deployment. Where there is one, a whole batch can be waiting in it.
+    assert "Classifier" not in deployments
+    assert Classifier.max_ongoing_requests >= ClassifierBatching().max_batch_size
+
+
+def test_a_classifier_entry_needs_a_classifier_deployment(serve_config):
+    config = copy.deepcopy(serve_config)
+    app = config["applications"][0]
+    app["deployments"].append({"name": "Classifier", "user_config": {"max_batch_size": 16}})
+    assert any("deployments[" in p and "set classifier.placement: deployment" in p for p in check(config))
+    app["args"]["classifier"]["placement"] = "ingress"
+    assert any("there is no Classifier deployment" in p for p in check(config))
+    app["args"]["classifier"]["placement"] = "deployment"
+    assert check(config) == []
 
 
 @pytest.mark.parametrize("where, key, value, message", [
@@ -158,8 +172,9 @@ def test_classifier_backend_and_max_seq_length_are_checked(router_args, key, val
 
 def test_the_classifier_refuses_the_routing_block_it_used_to_share(serve_config):
     bad = copy.deepcopy(serve_config)
-    ingress, classifier = bad["applications"][0]["deployments"][:2]
-    classifier["user_config"] = ingress["user_config"]
+    bad["applications"][0]["args"]["classifier"]["placement"] = "deployment"
+    ingress = bad["applications"][0]["deployments"][0]
+    bad["applications"][0]["deployments"].append({"name": "Classifier", "user_config": ingress["user_config"]})
     assert any("remove `user_config: *routing` from the Classifier" in p for p in check(bad))
     del ingress["user_config"]
     assert any("deployment Ingress has no user_config" in p for p in check(bad))

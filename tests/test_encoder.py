@@ -230,3 +230,27 @@ def test_eval_takes_a_backend(backend, capsys, torch_f1):
     result = json.loads(out[-1])
     assert result["encoder"].startswith(backend) and f"encoder {result['encoder']}" in out[0]
     assert result["macro_f1"] >= torch_f1 - MAX_F1_LOSS
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_threads_run_queries_side_by_side_with_the_same_numbers(backend, encoders, dev_items):
+    """threads N: N calls embed at once, each on one thread, and give the library default's vectors exactly."""
+    queries = [item.texts[0] for item in dev_items[:24]]
+    reference = np.concatenate([encoders[backend].encode([q]) for q in queries])  # threads 0, one at a time
+    encoder = load_encoder(MODEL, backend, threads=2)
+    assert (encoders[backend].parallel, encoder.parallel) == (1, 2)
+    assert "2 threads of one query each" in encoder.describe()
+    found: dict[int, np.ndarray] = {}
+
+    def work(start: int) -> None:
+        for i in range(start, len(queries), 2):
+            found[i] = encoder.encode([queries[i]])[0]
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert np.array_equal(np.stack([found[i] for i in range(len(queries))]), reference)
+    with pytest.raises(ClassifierLoadError, match="threads must be 0"):
+        load_encoder(MODEL, backend, threads=-1)

@@ -35,7 +35,6 @@ from tests.conftest import SERVE_CONFIG
 pytestmark = pytest.mark.cluster
 
 REQUEST_TIMEOUT_S = 4
-CLASSIFIER_TIMEOUT_S = 1
 LONG_TOKENS = 1500  # minutes of decoding on this CPU: a request that long is only short if it was aborted
 RECOVERY_S = 300  # a killed vLLM replica restarts: engine start and compile (cache warm) on 2 busy cores
 
@@ -329,35 +328,11 @@ def test_a_burst_beyond_the_queues_spills_over_then_gets_429_at_once(graph, tmp_
 def short_timeouts(graph, tmp_path_factory):
     shipped = yaml.safe_load(SERVE_CONFIG.read_text())
     short = copy.deepcopy(shipped)
-    routing_block(short["applications"][0]).update(request_timeout_s=REQUEST_TIMEOUT_S,
-                                                   classifier_timeout_s=CLASSIFIER_TIMEOUT_S)
+    routing_block(short["applications"][0]).update(request_timeout_s=REQUEST_TIMEOUT_S)
     folder = tmp_path_factory.mktemp("timeouts")
     _deploy(graph, short, folder / "short.yaml", _routing_version(graph, short))
     yield
     _deploy(graph, shipped, folder / "shipped.yaml", _routing_version(graph, shipped))
-
-
-def test_a_stuck_classifier_hands_the_request_to_the_default_route(graph, short_timeouts):
-    with _stopped(graph, "Classifier"):
-        started = time.monotonic()
-        response = _chat(graph.base_url, "Write a Python function to sort a list")
-        elapsed = time.monotonic() - started
-    assert response.status_code == 200, response.text
-    assert (response.headers["x-router-category"], response.headers["x-router-reason"]) == (
-        "general", "classifier_error")
-    assert CLASSIFIER_TIMEOUT_S <= elapsed < 30
-    # Once the replica runs again, requests are classified again.
-    _wait(lambda: _chat(graph.base_url, "Write a Python function to sort a list").headers["x-router-reason"]
-          == "classified", "classifying again", 60)
-
-
-def test_a_dead_classifier_replica_loses_no_request(graph, short_timeouts):
-    _replica(graph, "Classifier").kill()
-    answers = [_chat(graph.base_url, "Solve the integral of x^2 dx") for _ in range(5)]
-    assert [a.status_code for a in answers] == [200] * 5
-    assert {a.headers["x-router-reason"] for a in answers} <= {"classifier_error", "classified"}
-    _wait(lambda: _chat(graph.base_url, "Solve the integral of x^2 dx").headers["x-router-reason"] == "classified",
-          "classifying again", 120)
 
 
 def test_a_stuck_model_is_a_504_streamed_or_not(graph, short_timeouts):

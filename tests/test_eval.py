@@ -40,7 +40,7 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def shared_encoder(monkeypatch, encoder):
-    monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args: encoder)
+    monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args, **kwargs: encoder)
     return encoder
 
 

@@ -136,7 +136,7 @@ def test_routing_changes_live_without_restarting_a_replica(router, configs):
     assert _route(SUM) == ("math", "classified")
     assert "creative" not in {m["id"] for m in httpx.get(f"{BASE}/v1/models").json()["data"]}
     before = _replicas(router.dashboard_url)
-    assert set(before) == {"Ingress", "Classifier", "StatsAggregator", "llm-code", "llm-math", "llm-general"}
+    assert set(before) == {"Ingress", "StatsAggregator", "llm-code", "llm-math", "llm-general"}
     errors_before = httpx.get(f"{BASE}/stats").json()["errors"]["total"]
     version = httpx.get(f"{BASE}/health").json()["routing"]["version"]
 

@@ -19,7 +19,7 @@ from serve_app.config.graph import (
 )
 from serve_app.config.schema import RouterConfig
 from serve_app.llm import kvcached
-from serve_app.tools.placement import describe, main
+from serve_app.tools.placement import describe, main, placement_text
 
 LLMS = ("llm-code", "llm-math", "llm-general")
 KVCACHED_ENV = {"ENABLE_KVCACHED": "true", "KVCACHED_AUTOPATCH": "1", "KVCACHED_CONTIGUOUS_LAYOUT": "false",
@@ -104,8 +104,27 @@ def test_the_routers_own_deployments_run_on_the_replica_loop(router_args, monkey
         assert all("runtime_env" not in llm.ray_actor_options for llm in p.llms.values())
     monkeypatch.setenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "1")
     p = plan(RouterConfig.model_validate(router_args), "cpu")
-    env = p.ray_actor_options[CLASSIFIER]["runtime_env"]["env_vars"]
+    env = p.ray_actor_options[INGRESS]["runtime_env"]["env_vars"]
     assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "1"
+
+
+def test_the_classifier_runs_in_the_ingress_on_a_cpu_and_in_its_deployment_on_a_gpu(router_args):
+    """placement auto follows the accelerator: the stand-in places it as a GPU would; a set placement wins."""
+    config = RouterConfig.model_validate(router_args)
+    assert config.classifier.placement == "auto"
+    for accelerator, stand_in, expected in (("cpu", None, "ingress"), ("cpu", "local_gpu", "deployment"),
+                                            ("gpu", None, "deployment")):
+        p = plan(config, accelerator, stand_in)
+        assert p.classifier_placement == expected
+        assert (CLASSIFIER in p.ray_actor_options) == (expected == "deployment")
+        assert placement_text(config, accelerator, stand_in).startswith(
+            "classifier: inside each Ingress replica" if expected == "ingress" else "classifier: in the Classifier")
+    for placement in ("ingress", "deployment"):
+        args = copy.deepcopy(router_args)
+        args["classifier"]["placement"] = placement
+        forced = RouterConfig.model_validate(args)
+        assert {plan(forced, a).classifier_placement for a in ("cpu", "gpu")} == {placement}
+        assert f"(placement {placement})" in placement_text(forced, "cpu", None)
 
 
 def test_each_llm_autoscales_on_its_own(gpu_views):

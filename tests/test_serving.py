@@ -60,8 +60,8 @@ def test_seed_examples_reach_the_right_model(client, text, route):
 def test_full_graph_is_deployed_and_healthy(router):
     health = httpx.get(f"{router}/health", timeout=10).json()
     assert health["status"] == "ok"
-    assert set(health["deployments"]) == {"Ingress", "Classifier", "StatsAggregator", "llm-code", "llm-math",
-                                          "llm-general"}
+    # On a CPU the encoder runs inside the Ingress (classifier.placement auto): no Classifier deployment.
+    assert set(health["deployments"]) == {"Ingress", "StatsAggregator", "llm-code", "llm-math", "llm-general"}
 
 
 def test_streaming_relays_tokens_as_they_are_generated(client):

@@ -3,9 +3,10 @@
 The application this project builds (``import_path: deployments.builder:build_app``) keeps
 
 - its serving graph in ``args`` (``RouterConfig``): changing it starts new replicas;
-- its routing block in the ``user_config`` of the Ingress deployment (``RoutingConfig``), and the
-  classifier's batching in the ``user_config`` of the Classifier deployment (``ClassifierBatching``):
-  ``serve deploy`` applies a change to either to the running replicas.
+- its routing block in the ``user_config`` of the Ingress deployment (``RoutingConfig``), and, where the
+  classifier has a deployment of its own (``classifier.placement``), its batching in the ``user_config`` of the
+  Classifier deployment (``ClassifierBatching``): ``serve deploy`` applies a change to either to the running
+  replicas.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from serve_app.llm.plan import LLMPlan
 logger = logging.getLogger("serve_app.tools.placement")
 
 Accelerator = Literal["gpu", "cpu"]
+Placement = Literal["ingress", "deployment"]
 
 INGRESS = "Ingress"
 CLASSIFIER = "Classifier"
@@ -40,8 +41,10 @@ SERVE_FAST_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_S
 
 @dataclass(frozen=True)
 class GraphPlan:
-    ray_actor_options: dict[str, dict[str, Any]]  # the ingress, classifier and stats deployments
+    # The ingress, stats and (with classifier_placement "deployment") classifier deployments.
+    ray_actor_options: dict[str, dict[str, Any]]
     llms: dict[str, LLMPlan] = field(default_factory=dict)  # by llm name
+    classifier_placement: Placement = "deployment"
 
     @property
     def deployed_llms(self) -> dict[str, LLMPlan]:
@@ -122,9 +125,13 @@ def plan(config: RouterConfig, accelerator: Accelerator, gpu_stand_in: str | Non
     def on_cpu(num_cpus: float, gpu_share: float) -> dict[str, Any]:
         return {"num_cpus": num_cpus} | ({"resources": {gpu_stand_in: gpu_share}} if gpu_stand_in else {})
 
-    classifier = (on_cpu(cpu.small_num_cpus, config.classifier.num_gpus) | fast_path if accelerator == "cpu"
-                  else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus} | fast_path)
-    result = GraphPlan({INGRESS: on_head, CLASSIFIER: classifier, STATS: on_head})
+    placement = classifier_placement(config, accelerator, gpu_stand_in)
+    actors = {INGRESS: on_head, STATS: on_head}
+    if placement == "deployment":
+        actors[CLASSIFIER] = (
+            on_cpu(cpu.small_num_cpus, config.classifier.num_gpus) | fast_path if accelerator == "cpu"
+            else {"num_cpus": config.classifier.num_cpus, "num_gpus": config.classifier.num_gpus} | fast_path)
+    result = GraphPlan(actors, classifier_placement=placement)
     for llm in config.llms:
         if llm.external:
             result.llms[llm.name] = external_plan(llm)
@@ -141,6 +148,14 @@ def plan(config: RouterConfig, accelerator: Accelerator, gpu_stand_in: str | Non
                                         served_model_name(model), engine_args | tool_engine_args(tools), env, actor,
                                         tools=tools is not None)
     return result
+
+
+def classifier_placement(config: RouterConfig, accelerator: Accelerator, gpu_stand_in: str | None) -> Placement:
+    """Where the encoder runs. ``auto``: its own deployment where it gets a GPU share (batching on the GPU pays
+    for the hop from the ingress; so does the stand-in, which places it as a GPU would), else in the ingress."""
+    if config.classifier.placement != "auto":
+        return config.classifier.placement
+    return "deployment" if accelerator == "gpu" or gpu_stand_in else "ingress"
 
 
 def serve_fast_path_env(environ: dict[str, str] | None = None) -> dict[str, str]:

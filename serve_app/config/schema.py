@@ -301,6 +301,7 @@ class ClassifierBatching(StrictModel):
 
 
 ClassifierBackend = Literal["torch", "onnx", "openvino", "auto"]
+ClassifierPlacement = Literal["auto", "ingress", "deployment"]
 # Routing reads the start of a prompt: at 128 tokens the dev set's macro-F1 is that at 256 and long prompts
 # cost less (bench/results/classifier.json).
 DEFAULT_MAX_SEQ_LENGTH = 128
@@ -316,6 +317,15 @@ class ClassifierConfig(StrictModel):
     max_seq_length: int = Field(
         DEFAULT_MAX_SEQ_LENGTH, ge=8, le=512, description="Tokens read from the start of each text; the rest of a "
         "long prompt does not change its route.")
+    placement: ClassifierPlacement = Field(
+        "auto", description="Where the encoder runs: ingress (inside each Ingress replica: no hop, and it scales "
+        "with the ingress), deployment (the Classifier deployment, batching every ingress replica's requests on its "
+        "GPU share), or auto: deployment where the classifier gets a GPU (or the GPU stand-in), ingress on a CPU.")
+    threads: int = Field(
+        2, ge=0, description="On a CPU backend (onnx, openvino): how many queries are embedded at once, each on "
+        "one thread of its own; 0: the library's default, every core on one query at a time. A query of a few "
+        "dozen tokens gains little from a second core shared with the rest of the router, and pays CPU to keep "
+        "the threads in step; two queries side by side use both.")
     num_gpus: float = Field(0.1, ge=0, description="GPU share on the GPU profile.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs on the GPU profile.")
 

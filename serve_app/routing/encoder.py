@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import threading
+import queue
 from collections.abc import Callable, Collection, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -77,6 +77,7 @@ class Encoder:
         self.max_seq_length = max_seq_length
         self.dim = dim
         self.choice = "configured"  # or, with backend auto, why this backend
+        self.parallel = 1  # calls of encode() that run side by side, each on a thread of its own
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
@@ -108,12 +109,13 @@ class GraphEncoder(Encoder):
     """
 
     def __init__(self, folder: Path, run: Callable[[dict[str, np.ndarray]], np.ndarray], name: str, detail: str,
-                 max_seq_length: int, chunk: int) -> None:
+                 max_seq_length: int, chunk: int, parallel: int = 1) -> None:
         from tokenizers import Tokenizer
 
         meta = read_meta(folder)
         super().__init__(name, detail, max_seq_length, meta["dim"])
         self.chunk = chunk
+        self.parallel = parallel
         self._inputs = meta["inputs"]
         self._pad_id = meta["pad_id"] or 0
         self._run = run
@@ -151,31 +153,36 @@ class GraphEncoder(Encoder):
 
 
 def load_encoder(model: str, backend: ClassifierBackend = "auto", max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
-                 device: str | None = None, cpu: CPUInfo | None = None) -> Encoder:
+                 device: str | None = None, cpu: CPUInfo | None = None, threads: int = 0) -> Encoder:
     """Load ``model`` (a sentence-transformers path, id or ``embedded:`` name) from local files only.
 
     ``max_seq_length``: tokens read from each text (routing reads the start of a long prompt).
     ``device``: torch's device; the other backends run on the CPU. ``cpu``: the CPU to choose for
     (default: this one's; the benchmark passes one without some flags to measure an older CPU's choice).
+    ``threads``: on the onnx and openvino backends, how many queries run side by side, each on one thread of
+    its own; 0: the library's default, every core on one query at a time.
     """
     if backend not in BACKENDS:
         raise ClassifierLoadError(f"Unknown classifier backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if threads < 0:
+        raise ClassifierLoadError(f"threads must be 0 (the library's default) or more, not {threads}")
     if max_seq_length < 1:
         raise ClassifierLoadError(f"max_seq_length must be positive, not {max_seq_length}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_encoder(model)
     cpu = cpu or cpu_info()
     if backend != "auto":
-        return _load(model, path, backend, max_seq_length, device, cpu)
+        return _load(model, path, backend, max_seq_length, device, cpu, threads)
     backend, why = _auto(device, cpu)
     choice = f"backend auto -> {backend}: {why} (CPU {cpu.model}, {cpu.isa})"
     logger.info("Classifier %s", choice)
-    encoder = _load(model, path, backend, max_seq_length, device, cpu)
+    encoder = _load(model, path, backend, max_seq_length, device, cpu, threads)
     encoder.choice = choice
     return encoder
 
 
-def _load(model: str, path: str, backend: str, max_seq_length: int, device: str | None, cpu: CPUInfo) -> Encoder:
+def _load(model: str, path: str, backend: str, max_seq_length: int, device: str | None, cpu: CPUInfo,
+          threads: int) -> Encoder:
     if backend == "torch":
         return TorchEncoder(_sentence_transformer(model, path, device, max_seq_length))
     if device not in (None, "cpu"):
@@ -197,7 +204,7 @@ def _load(model: str, path: str, backend: str, max_seq_length: int, device: str 
     limit = read_meta(folder).get("max_position_embeddings")
     if limit and max_seq_length > limit:
         raise ClassifierLoadError(f"max_seq_length {max_seq_length} is more than {model!r} reads ({limit} tokens)")
-    return (_load_onnx if backend == "onnx" else _load_openvino)(folder, cpu, max_seq_length)
+    return (_load_onnx if backend == "onnx" else _load_openvino)(folder, cpu, max_seq_length, threads)
 
 
 def encode(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
@@ -251,31 +258,47 @@ def _source_folder(model: str, path: str) -> Path:
         raise _not_local(model, path, exc) from exc
 
 
-def _load_onnx(folder: Path, cpu: CPUInfo, max_seq_length: int) -> GraphEncoder:
+def _threads_text(threads: int) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''} of one query each" if threads else "the library's threads"
+
+
+def _load_onnx(folder: Path, cpu: CPUInfo, max_seq_length: int, threads: int) -> GraphEncoder:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     # The classifier shares its cores with the LLM engines: idle threads sleep rather than spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        # Each call runs on its caller's thread alone; the session runs concurrent calls side by side.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
     precision = folder.name.split("-")[1]  # int8 or fp32
     return GraphEncoder(folder, lambda feeds: session.run(None, feeds)[0], f"onnx-{precision}",
-                        f"ONNX Runtime {ort.__version__}, CPU {cpu.isa}, {folder}", max_seq_length,
-                        chunk=1 if precision == "int8" else 4)
+                        f"ONNX Runtime {ort.__version__}, CPU {cpu.isa}, {_threads_text(threads)}, {folder}",
+                        max_seq_length, chunk=1 if precision == "int8" else 4, parallel=threads or 1)
 
 
-def _load_openvino(folder: Path, cpu: CPUInfo, max_seq_length: int) -> GraphEncoder:
+def _load_openvino(folder: Path, cpu: CPUInfo, max_seq_length: int, threads: int) -> GraphEncoder:
     import openvino as ov
 
     # Stated rather than left to OpenVINO's default, so the precision follows the same flags as the choice.
     precision = "bf16" if cpu.bf16 else "f32"
+    # threads N: N streams of one thread each, so N queries run side by side and none is split across cores
+    # (the same numbers as one thread, bit for bit). 0: OpenVINO's latency default, every core on each query.
+    streams = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads, "INFERENCE_NUM_THREADS": threads}
     compiled = ov.Core().compile_model(str(folder / "model.onnx"), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
-    request, lock = compiled.create_infer_request(), threading.Lock()
+        "INFERENCE_PRECISION_HINT": precision, **(streams if threads else {"PERFORMANCE_HINT": "LATENCY"})})
+    idle: queue.SimpleQueue[Any] = queue.SimpleQueue()  # infer requests are not thread-safe: one per caller
+    for _ in range(threads or 1):
+        idle.put(compiled.create_infer_request())
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        with lock:  # one infer request, and requests are not thread-safe
+        request = idle.get()
+        try:
             return request.infer(feeds)[0]  # a copy (share_outputs=False): the next call reuses the buffer
+        finally:
+            idle.put(request)
 
     return GraphEncoder(folder, run, f"openvino-{precision}", f"OpenVINO {version('openvino')}, CPU {cpu.isa}, "
-                        f"{folder}", max_seq_length, chunk=4)
+                        f"{_threads_text(threads)}, {folder}", max_seq_length, chunk=4, parallel=threads or 1)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from serve_app.api.errors import describe_error
 from serve_app.config.file import BUILDER, app_config, load_yaml
+from serve_app.config.graph import CLASSIFIER
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -64,11 +65,26 @@ def check(config: dict[str, Any]) -> list[str]:
         except ValueError as exc:
             problems.append(f"applications[{i}]: {describe_error(exc)}")
         for j, deployment in enumerate(application.get("deployments") or []):
+            if deployment.get("name") == CLASSIFIER and (problem := _classifier_entry(application)):
+                problems.append(f"applications[{i}].deployments[{j}]: {problem}")
             if "ray_actor_options" in deployment:
                 problems.append(
                     f"applications[{i}].deployments[{j}].ray_actor_options: would replace the resources the builder "
                     "sets for the cluster's accelerator; set num_gpus/num_cpus in args instead")
     return problems
+
+
+def _classifier_entry(application: dict[str, Any]) -> str | None:
+    """Why a Classifier entry would fail the deploy: Serve refuses options for a deployment the graph lacks."""
+    classifier = (application.get("args") or {}).get("classifier") or {}
+    placement = classifier.get("placement", "auto")
+    if placement == "deployment":
+        return None
+    if placement == "ingress":
+        return (f"with classifier.placement ingress there is no {CLASSIFIER} deployment, and Serve refuses the "
+                "deploy; remove the entry")
+    return (f"with classifier.placement auto the {CLASSIFIER} deployment exists only where the classifier gets a "
+            "GPU share, so on a CPU cluster Serve refuses the deploy; set classifier.placement: deployment to keep it")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,8 @@ class InProcessRouter:
     @classmethod
     def from_config(cls, config: AppConfig, encoder: Any | None = None) -> InProcessRouter:
         c = config.router.classifier
-        encoder = encoder if encoder is not None else load_encoder(c.model, c.backend, c.max_seq_length)
+        if encoder is None:
+            encoder = load_encoder(c.model, c.backend, c.max_seq_length, threads=c.threads)
         examples = encode(encoder, examples_of(config.routing))
         return cls(encoder, Decider(config.routing, examples))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.config.graph import Accelerator, plan
+from serve_app.config.graph import Accelerator, classifier_placement, plan
 from serve_app.config.schema import RouterConfig
 from serve_app.llm import kvcached
 
@@ -102,6 +102,15 @@ def format_views(views: list[DeploymentView], accelerator: Accelerator) -> str:
     return "\n".join(lines)
 
 
+def placement_text(config: RouterConfig, accelerator: Accelerator, stand_in: str | None) -> str:
+    """Where the classifier's encoder runs, and why."""
+    where = classifier_placement(config, accelerator, stand_in)
+    why = (f"placement {config.classifier.placement}" if config.classifier.placement != "auto" else
+           "placement auto: it has a GPU share" if where == "deployment" else "placement auto: it runs on a CPU")
+    text = "inside each Ingress replica, no hop" if where == "ingress" else "in the Classifier deployment"
+    return f"classifier: {text} ({why})"
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -124,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     configured = (app.get("args") or {}).get("accelerator", "auto")
     accelerator = args.accelerator or ("cpu" if configured == "cpu" else "gpu")
     print(format_views(describe(app, accelerator, args.stand_in), accelerator))
-    stand_in = RouterConfig.model_validate(app.get("args") or {}).cpu_fallback.gpu_stand_in
+    config = RouterConfig.model_validate(app.get("args") or {})
+    stand_in = config.cpu_fallback.gpu_stand_in
+    print(placement_text(config, accelerator, stand_in if args.stand_in and accelerator == "cpu" else None))
     if accelerator == "cpu" and stand_in:
         print(f"GPU stand-in: {stand_in}. On a cluster that declares this resource, each replica asks for its "
               f"GPU-profile share (num_gpus) of it{'' if args.stand_in else ' (--stand-in shows that plan)'}; "
               "elsewhere it is ignored (docs/cluster.md).")
-    for llm in RouterConfig.model_validate(app.get("args") or {}).llms:
+    for llm in config.llms:
         if llm.external:  # no deployment, no resources: the ingress calls it
             print(f"external llm {llm.name}: {llm.model} at {llm.endpoint}"
                   + (f" (key from ${llm.api_key_env})" if llm.api_key_env else ""))
