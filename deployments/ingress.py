@@ -224,7 +224,7 @@ class Ingress:
             body = parse_json_body(await _read_body(request, routing.config.max_request_bytes))
             parsed = parse_request(endpoint, body, routing.config.context_turns)
             if parsed.model in (None, AUTO_MODEL):
-                decision, classify_ms = await self._classify(routing, parsed.turns)
+                decision, classify_ms = await self._classify(routing, parsed.turns, parsed.system)
             else:
                 decision, classify_ms = RoutingDecision(routing.table.explicit_route(parsed.model), "explicit"), None
         except OpenAIError as exc:
@@ -233,19 +233,22 @@ class Ingress:
         answer = await self.dispatcher.answer(routing.table, decision, endpoint, parsed, started, classify_ms)
         return _response(answer)
 
-    async def _classify(self, routing: Routing, turns: tuple[str, ...]) -> tuple[RoutingDecision, float | None]:
+    async def _classify(self, routing: Routing, turns: tuple[str, ...], system: str
+                        ) -> tuple[RoutingDecision, float | None]:
         started = time.perf_counter()
-        thread = routing.decider.read(turns)
+        decider, timeout = routing.decider, routing.config.classifier_timeout_s
+        thread = decider.read(turns, system)
         if not thread.texts:
-            return RoutingDecision(routing.decider.default_route, "no_text"), None
+            return RoutingDecision(decider.default_route, "no_text"), None
         try:
-            embeddings = await self.classifier.embed(thread.embedded, routing.config.classifier_timeout_s)
+            decision = decider.decide(thread, await self.classifier.embed(thread.embedded, timeout))
+            if (prompt := decider.system_to_read(thread, decision)) is not None:
+                decision = decider.decide_with_system(decision, await self.classifier.embed((prompt,), timeout))
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)
-            return RoutingDecision(routing.decider.default_route, "classifier_error"), None
+            return RoutingDecision(decider.default_route, "classifier_error"), None
         ms = ms_since(started)
-        decision = routing.decider.decide(thread, embeddings)
         self.classify_latency.observe(ms)
         if decision.score is not None:
             self.classify_score.observe(decision.score, tags={"route": decision.route})

@@ -24,8 +24,8 @@ from tests.conftest import DEV_SET
 # leave room for encoder/library drift (another CPU runs another backend), not for a worse router.
 DEV_HOLDOUT_MACRO_F1_FLOOR = 0.97
 DEV_HOLDOUT_RECALL_FLOOR = 0.95
-CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.90
-AGENT_LOOPS_HOLDOUT_FLOOR = 0.90  # share of agent loops routed to their task's route
+CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.91  # 0.934 with OpenVINO bf16, 0.918 with ONNX Runtime int8
+AGENT_LOOPS_HOLDOUT_FLOOR = 1.0  # share of agent loops routed to their task's route
 NUMERIC_GENERAL_HOLDOUT_FLOOR = 0.93
 DATA = DEV_SET.parent
 
@@ -95,7 +95,7 @@ def test_conversations_holdout_floor(classifier):
     items = load_labelled(DATA / "conversations.jsonl", part="holdout")
     kinds = {json.loads(line)["id"]: json.loads(line)["kind"]
              for line in (DATA / "conversations.jsonl").read_text().splitlines()}
-    decisions = [classifier.classify(i.texts) for i in items]
+    decisions = [classifier.classify(i.texts, i.system) for i in items]
     scores = classification_scores([i.label for i in items], [d.route for d in decisions], ["code", "math", "general"])
     assert scores.macro_f1 >= CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR, f"macro-F1 {scores.macro_f1:.3f}"
     loops = [d.route == i.label for i, d in zip(items, decisions) if kinds[i.key] == "agent_loop"]
@@ -117,6 +117,17 @@ def test_an_agent_loop_stays_on_its_tasks_route_whatever_the_framework_adds(clas
     routes = {classifier.classify(tuple(loop[:n])).route for n in range(1, len(loop) + 1)}
     assert routes == {"code"}
     assert classifier.classify(("<system-reminder>Be brief.</system-reminder>",)).reason == "no_text"
+
+
+def test_an_agents_system_prompt_decides_only_what_its_user_turns_leave_undecided(classifier):
+    coding_agent = "You are a coding agent working in the user's repository. Use the tools to run commands and tests."
+    vague = ("the build is broken on main, look into it", "continue")
+    assert classifier.classify(vague).reason == "below_threshold"  # the user's words alone: no route is confident
+    decision = classifier.classify(vague, coding_agent)
+    assert (decision.route, decision.reason) == ("code", "system")
+    # Never over a user's turn that decides, and a generic prompt leaves the default route answering.
+    assert classifier.classify(("What is the capital of Australia?",), coding_agent).reason == "classified"
+    assert classifier.classify(vague, "You are a helpful assistant.").route == "general"
 
 
 def test_a_reformatting_turn_is_read_with_the_turn_before_it(classifier):

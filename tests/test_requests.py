@@ -50,11 +50,14 @@ def test_last_user_turn_first_then_conversation():
     assert parsed.model is None and parsed.stream is False
 
 
-def test_single_turn_has_one_candidate_and_system_prompt_is_ignored():
+def test_single_turn_has_one_candidate_and_the_system_prompt_is_kept_apart():
     parsed = parse_request("chat", {"model": "auto", "stream": True, "messages": [
-        {"role": "system", "content": "Solve math problems"}, {"role": "user", "content": "Hello there"}]})
+        {"role": "system", "content": "Solve math problems"}, {"role": "developer", "content": [
+            {"type": "text", "text": "Show your work."}]}, {"role": "user", "content": "Hello there"}]})
     assert parsed.turns == ("Hello there",)
+    assert parsed.system == "Solve math problems\nShow your work."  # read only if the turns decide nothing
     assert parsed.model == "auto" and parsed.stream
+    assert parse_request("completion", {"prompt": "Hello"}).system == ""
 
 
 def test_context_is_bounded_to_recent_turns():
@@ -89,6 +92,7 @@ def test_ordinary_nesting_and_unicode_pass():
 def test_responses_route_on_what_the_user_wrote():
     parsed = parse_request("responses", {"input": "  Fix my Python loop  ", "instructions": "You are a cat."})
     assert parsed.turns == ("Fix my Python loop",) and not parsed.tools
+    assert parsed.system == "You are a cat."
     items = {"input": [{"role": "developer", "content": "Never route on me."},
                        {"role": "user", "content": [{"type": "input_text", "text": "What is 7 * 6?"}]},
                        {"type": "function_call", "call_id": "c1", "name": "calc", "arguments": "{}"},
@@ -97,6 +101,7 @@ def test_responses_route_on_what_the_user_wrote():
              "tools": [{"type": "function", "name": "calc", "parameters": {"type": "object"}}], "stream": True}
     parsed = parse_request("responses", items)
     assert parsed.turns == ("What is 7 * 6?", "and times 2?")
+    assert parsed.system == "Never route on me."
     assert parsed.tools and parsed.stream
 
 

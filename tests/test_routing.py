@@ -13,7 +13,7 @@ from serve_app.config.schema import RouterConfig, RoutingConfig
 from serve_app.dispatch.routes import RouteTable
 from serve_app.routing.examples import ExampleIndex
 from serve_app.routing.keywords import KeywordHits
-from serve_app.routing.policy import RoutingPolicy, Turn
+from serve_app.routing.policy import RoutingDecision, RoutingPolicy, Turn
 
 POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general", switch_margin=0.15)
 
@@ -84,6 +84,18 @@ def test_a_conversation_held_by_default_takes_the_first_confident_turn():
     assert (d.route, d.reason) == ("math", "classified")
     d = POLICY.decide(_turns(vague, vague))
     assert (d.route, d.reason) == ("general", "below_threshold")
+
+
+def test_the_system_prompt_decides_only_below_every_threshold():
+    below = POLICY.decide(_turns({"code": 0.2, "math": 0.1, "general": 0.1}))
+    coding_agent = {"code": 0.7, "math": 0.1, "general": 0.2}
+    assert POLICY.with_system(below, coding_agent) == RoutingDecision("code", "system", 0.7)
+    assert POLICY.with_system(below, {"code": 0.25, "math": 0.1, "general": 0.2}) == below  # not confident either
+    for decided in (POLICY.decide(_turns({"code": 0.1, "math": 0.1, "general": 0.5})),  # a user's turn decided
+                    POLICY.decide(_turns({"code": 0.5, "math": 0.1, "general": 0.1},
+                                         {"code": 0.1, "math": 0.1, "general": 0.1})),  # the thread did
+                    RoutingDecision("general", "no_text")):
+        assert POLICY.with_system(decided, coding_agent) == decided
 
 
 def test_keywords_force_or_exclude_on_any_turn():

@@ -224,25 +224,31 @@ def test_still_serving_after_bad_input(client):
     assert headers["x-router-category"] == "general" and completion.choices[0].message.content
 
 
-def test_concurrent_classifications_through_the_batched_deployment_match_in_process(router, app_config, encoder):
-    # The Classifier's @serve.batch method embeds concurrent requests in one call: each caller must get its own
-    # rows back. 24 different requests at once, each compared with the decision made in this process.
+def test_concurrent_classifications_in_the_ingress_match_in_process(router, app_config, encoder):
+    # The Ingress embeds concurrent requests side by side (@serve.batch, classifier.threads at once): each caller
+    # must get its own rows back. 24 different requests at once, and two agents' whose system prompt decides,
+    # each compared with the decision made in this process.
     from serve_app.tools.eval import InProcessRouter
     from serve_app.tools.labelled import load_labelled
     from tests.conftest import DEV_SET
 
-    texts = [item.texts[0] for item in load_labelled(DEV_SET)[:24]]
+    agent = "You are a coding agent working in the user's repository. Use the tools to run commands and tests."
+    asked = [(item.texts[0], "") for item in load_labelled(DEV_SET)[:24]]
+    asked += [("the build is broken on main, look into it", agent), ("ok, keep going", agent)]
     in_process = InProcessRouter.from_config(app_config, encoder)
 
-    def ask(text: str) -> httpx.Response:
+    def ask(text_and_system: tuple[str, str]) -> httpx.Response:
+        text, system = text_and_system
+        messages = [{"role": "system", "content": system}] if system else []
         return httpx.post(f"{router}/v1/chat/completions", timeout=120,
-                          json={"messages": [{"role": "user", "content": text}], "max_tokens": 1})
+                          json={"messages": [*messages, {"role": "user", "content": text}], "max_tokens": 1})
 
-    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
-        responses = list(pool.map(ask, texts))
-    for text, response in zip(texts, responses):
+    with concurrent.futures.ThreadPoolExecutor(len(asked)) as pool:
+        responses = list(pool.map(ask, asked))
+    assert in_process.classify((asked[-2][0],), agent).reason == "system"
+    for (text, system), response in zip(asked, responses):
         assert response.status_code == 200, response.text
-        expected = in_process.classify((text,))
+        expected = in_process.classify((text,), system)
         assert (response.headers["x-router-category"], response.headers["x-router-reason"]) == (
             expected.route, expected.reason), text
         assert float(response.headers["x-router-score"]) == pytest.approx(expected.score, abs=2e-3)

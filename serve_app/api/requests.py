@@ -18,6 +18,7 @@ from serve_app.api.errors import OpenAIError
 
 Endpoint = Literal["chat", "completion", "responses"]
 AUTO_MODEL = "auto"
+SYSTEM_ROLES = ("system", "developer")
 
 
 class _Routed(BaseModel):
@@ -59,6 +60,9 @@ class ParsedRequest:
     # What routing reads: the user's last turns (at most context_turns), oldest first.
     turns: tuple[str, ...]
     tools: bool = False  # asks the model to call tools (tool_choice other than "none")
+    # The operator's standing instructions (system and developer messages, Responses instructions): read only
+    # when the user's turns leave the request below every threshold.
+    system: str = ""
 
 
 MAX_JSON_DEPTH = 64  # far deeper than any OpenAI request (tool schemas included); Ray cannot pickle ~500 levels
@@ -110,11 +114,12 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int =
             prompts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
             texts = [p.strip() for p in prompts if p.strip()][-1:]
             return ParsedRequest(body, completion.model or None, bool(completion.stream), tuple(texts))
-        # Only what the user wrote says what the request is about: system prompts and instructions are the
-        # operator's standing orders, tool schemas describe tools, assistant and tool turns are output.
+        # What the user wrote says what the request is about: assistant and tool turns are output, tool schemas
+        # describe tools, and system prompts are the operator's standing orders, read only as a last resort.
         if endpoint == "chat":
             routed = _ChatRequest.model_validate(body)
             turns = [content_text(m.content) for m in routed.messages if m.role == "user"]
+            system = [content_text(m.content) for m in routed.messages if m.role in SYSTEM_ROLES]
         else:
             routed = _ResponsesRequest.model_validate(body)
             if body.get("previous_response_id") is not None:
@@ -125,11 +130,16 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any], context_turns: int =
             turns = ([routed.input.strip()] if isinstance(routed.input, str)
                      else [content_text(item.get("content")) for item in routed.input
                            if isinstance(item, dict) and item.get("role") == "user"])
+            instructions = body.get("instructions")
+            system = [instructions.strip() if isinstance(instructions, str) else ""]
+            if not isinstance(routed.input, str):
+                system += [content_text(item.get("content")) for item in routed.input
+                           if isinstance(item, dict) and item.get("role") in SYSTEM_ROLES]
     except ValidationError as exc:
         raise OpenAIError.invalid(exc) from None
     tools = bool(routed.tools) and routed.tool_choice != "none"
     return ParsedRequest(body, routed.model or None, bool(routed.stream),
-                         tuple([t for t in turns if t][-context_turns:]), tools)
+                         tuple([t for t in turns if t][-context_turns:]), tools, "\n".join(s for s in system if s))
 
 
 def content_text(content: Any) -> str:

@@ -5,8 +5,10 @@ LLM answers each route, serve_app/dispatch/routes.py) and swaps both in one assi
 decided by exactly one block from start to end. The offline tools (eval, calibrate) build the very same
 one, with the examples embedded in-process by the same model, and need nothing about the LLMs.
 
-Two steps, with the embedding between them (the Classifier deployment's, or the tools' in-process):
-``read`` turns the user's turns into the texts to embed, ``decide`` scores them and applies the policy.
+Two steps, with the embedding between them (the classifier's, in the ingress or its own deployment, or the
+tools' in-process): ``read`` turns the user's turns into the texts to embed, ``decide`` scores them and applies
+the policy; when that leaves the request below every threshold, ``system_to_read`` names the system prompt to
+embed and ``decide_with_system`` lets it decide.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Thread:
 
     texts: tuple[str, ...]  # a turn that changes the subject, from its marker on
     switched: tuple[bool, ...]
+    system: str = ""  # the system prompt: embedded only when the user's turns leave the request undecided
 
     @property
     def paired(self) -> tuple[str, ...]:
@@ -68,8 +71,9 @@ class Decider:
     def default_route(self) -> str:
         return self.config.default_route
 
-    def read(self, turns: Sequence[str]) -> Thread:
-        """The texts to embed for a request's user turns (oldest first, blank ones already left out)."""
+    def read(self, turns: Sequence[str], system: str = "") -> Thread:
+        """The texts to embed for a request's user turns (oldest first, blank ones already left out), and its
+        system prompt (read only if the turns decide nothing: ``system_to_read``)."""
         texts, switched = [], []
         for turn in turns:
             for pattern in self._strip:
@@ -80,7 +84,7 @@ class Decider:
             rest = self._after_switch(turn) if texts else None
             texts.append(rest or turn)
             switched.append(rest is not None)
-        return Thread(tuple(texts), tuple(switched))
+        return Thread(tuple(texts), tuple(switched), system.strip())
 
     def _after_switch(self, text: str) -> str | None:
         """What follows the last change-of-subject marker (the whole turn if nothing does); None without one."""
@@ -106,3 +110,13 @@ class Decider:
         if not thread.texts:
             return RoutingDecision(self.default_route, "no_text")
         return self.policy.decide(self.turns(thread, embeddings))
+
+    def system_to_read(self, thread: Thread, decision: RoutingDecision) -> str | None:
+        """The system prompt to embed next, when the user's turns left the request below every threshold. A
+        second, rare step rather than a row of every request: most requests carry a system prompt, few need it."""
+        return thread.system if thread.system and decision.reason == "below_threshold" else None
+
+    def decide_with_system(self, decision: RoutingDecision, embedding: np.ndarray) -> RoutingDecision:
+        """``decision`` revised by the system prompt's unit-norm embedding (``system_to_read``)."""
+        [row] = self.index.scores(np.asarray(embedding).reshape(1, -1))
+        return self.policy.with_system(decision, {r: row[r] for r in self.routes})

@@ -12,9 +12,10 @@ A conversation is read turn by turn, oldest first, and the route it holds after 
   moves the conversation;
 - a conversation held by the default route for want of a better one takes the first turn confident enough.
 
-Stateless and deterministic: the same turns always give the same route, so an agent's tool loop (whose user
-turns do not change) stays on one model, and turn N+1 goes where turn N went unless the user changed the
-subject. Measured against the alternatives in docs/routing.md.
+When the user's turns leave the request below every threshold, the system prompt decides if it is itself
+confidently one route (``with_system``). Stateless and deterministic: the same turns always give the same
+route, so an agent's tool loop (whose user turns do not change) stays on one model, and turn N+1 goes where
+turn N went unless the user changed the subject. Measured against the alternatives in docs/routing.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Literal
 from serve_app.routing.keywords import NO_HITS, KeywordHits
 
 # classified: the last turn decided; context: the conversation before it did.
-Reason = Literal["classified", "context", "keyword", "below_threshold", "no_text", "explicit", "classifier_error"]
+# system: the system prompt decided, the user's turns having left the request below every threshold.
+Reason = Literal["classified", "context", "keyword", "below_threshold", "no_text", "explicit", "classifier_error",
+                 "system"]
 # Decisions that sent a request to the default route for want of a better one.
 FALLBACK_REASONS = frozenset({"below_threshold", "no_text", "classifier_error"})
 
@@ -93,6 +96,15 @@ class RoutingPolicy:
         if own.score - turn.scores.get(held.route, 0.0) >= self.switch_margin and self._still_elsewhere(own, turn):
             return own
         return _kept(held)
+
+    def with_system(self, decision: RoutingDecision, scores: Mapping[str, float]) -> RoutingDecision:
+        """The system prompt's best route, where the user's turns left the request on the default route for want
+        of a better one and it clears its threshold: an agent's task often lives there ("You are a coding agent
+        working in the user's repository") while its user turns say "continue". Never over a user's turn."""
+        if decision.reason != "below_threshold" or not scores:
+            return decision
+        best = max(scores, key=scores.__getitem__)
+        return RoutingDecision(best, "system", scores[best]) if scores[best] >= self.thresholds[best] else decision
 
     def _still_elsewhere(self, own: RoutingDecision, turn: Turn) -> bool:
         """Whether the turn read with the one before it decides the same route as the turn alone."""

@@ -55,10 +55,14 @@ class InProcessRouter:
     def embed(self, queries: Sequence[Sequence[str]]) -> list[np.ndarray]:
         return embed_queries(self.encoder, queries)
 
-    def classify(self, turns: Sequence[str]) -> RoutingDecision:
-        """A request's user turns (oldest first) as the ingress decides them, the embedding in-process."""
-        thread = self.decider.read(turns)
-        return self.decider.decide(thread, self.embed([thread.embedded])[0])
+    def classify(self, turns: Sequence[str], system: str = "") -> RoutingDecision:
+        """A request's user turns (oldest first) and system prompt as the ingress decides them, the embedding
+        in-process."""
+        thread = self.decider.read(turns, system)
+        decision = self.decider.decide(thread, self.embed([thread.embedded])[0])
+        if (prompt := self.decider.system_to_read(thread, decision)) is not None:
+            decision = self.decider.decide_with_system(decision, self.embed([(prompt,)])[0])
+        return decision
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,11 @@ class Evaluation:
 
 def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: Sequence[str],
              progress: bool = True) -> Evaluation:
-    classifier.classify(items[0].texts)  # warm-up: the first call pays for lazy initialisation
+    classifier.classify(items[0].texts, items[0].system)  # warm-up: the first call pays for lazy initialisation
     predicted, latencies, reasons = [], [], Counter()
     for item in tqdm(items, desc="classifying", unit="query", file=sys.stderr, disable=not progress):
         started = time.perf_counter()
-        decision = classifier.classify(item.texts)
+        decision = classifier.classify(item.texts, item.system)
         latencies.append((time.perf_counter() - started) * 1000)
         predicted.append(decision.route)
         reasons[decision.reason] += 1

@@ -32,6 +32,7 @@ class LabelledItem:
     key: str  # the id, or the text when there is none: what the split hashes
     texts: tuple[str, ...]  # the user's turns, oldest first, as the ingress reads them
     label: str
+    system: str = ""  # the system prompt, as the ingress reads it
 
 
 def part_of(key: str) -> Part:
@@ -58,15 +59,17 @@ def _parse_line(line: str, context_turns: int, where: str) -> LabelledItem:
         raise LabelledDataError(f"{where}: not JSON: {exc}") from None
     if not isinstance(row, dict) or not isinstance(row.get("label"), str):
         raise LabelledDataError(f"{where}: each line needs a string 'label'")
+    system = ""
     if "messages" in row:
         try:
-            texts = parse_request("chat", {"messages": row["messages"]}, context_turns).turns
+            parsed = parse_request("chat", {"messages": row["messages"]}, context_turns)
         except OpenAIError as exc:
             raise LabelledDataError(f"{where}: {exc.message}") from None
+        texts, system = parsed.turns, parsed.system
         key = json.dumps(row["messages"], sort_keys=True)
     elif isinstance(row.get("text"), str):
         texts = (row["text"].strip(),) if row["text"].strip() else ()
         key = row["text"]
     else:
         raise LabelledDataError(f"{where}: each line needs 'text' (a string) or 'messages'")
-    return LabelledItem(str(row.get("id", key)), texts, row["label"])
+    return LabelledItem(str(row.get("id", key)), texts, row["label"], system)
