@@ -29,10 +29,14 @@ _graphs: dict[str, contextlib.ExitStack] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The mixed and HAProxy graphs first, the multi-node cluster last: each takes port 8000 from the shared graph.
+    # The mixed graph first, then the HAProxy graph, the multi-node cluster last: each takes port 8000 from the
+    # graph before it, and a session graph once stopped is not started again.
     def order(item: pytest.Item) -> int:
         fixtures = getattr(item, "fixturenames", ())
-        return 0 if {"mixed_graph", "haproxy_graph"} & set(fixtures) else 2 if "multinode" in fixtures else 1
+        for rank, fixture in enumerate(("mixed_graph", "haproxy_graph")):
+            if fixture in fixtures:
+                return rank
+        return 3 if "multinode" in fixtures else 2
 
     items.sort(key=order)
 

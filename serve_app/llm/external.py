@@ -1,8 +1,10 @@
 """An LLM that already runs elsewhere: an OpenAI-compatible endpoint, called over HTTP by the ingress.
 
 It speaks the same contract as an in-cluster deployment (serve_app/llm/protocol.py), so timeouts,
-fallback and statistics treat both alike. One pooled ``httpx.AsyncClient`` per ingress replica carries
-every external call (keep-alive connections, never a client per request). Streams are relayed event by
+fallback and statistics treat both alike. One pooled ``aiohttp.ClientSession`` per ingress replica carries
+every external call (keep-alive connections, never a client per request). aiohttp rather than httpx: on
+loopback httpx spent 2.5 ms of CPU per request against aiohttp's 0.12 (its pool checks every idle
+connection's socket on each request), and aiohttp is what Ray itself runs. Streams are relayed event by
 event as they arrive. The endpoint's own errors reach the client with its status, OpenAI-style; those
 that are the operator's to fix (a wrong key, a wrong model id) become a 502, and the request falls back.
 """
@@ -15,22 +17,25 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from serve_app.api.errors import OpenAIError
 from serve_app.llm.plan import LLMPlan
 from serve_app.llm.protocol import LLMOverloaded, LLMRequest, LLMUnavailable
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "responses": "/responses"}
-# The router's waits (request_timeout_s) bound the answer; these bound what no answer can come without.
-TIMEOUT = httpx.Timeout(None, connect=10.0, write=30.0)
-LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=60.0)
+# The router's waits (request_timeout_s) bound the answer; this bounds what no answer can come without.
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0)
+MAX_CONNECTIONS = 1024
+KEEPALIVE_S = 60.0
+READ_BUFFER = 1 << 20  # one SSE line may hold a whole tool call's arguments
 OPERATOR_ERRORS = (401, 403, 404)  # the router's key or the configured model id: not the client's doing
 
 
-def http_pool() -> httpx.AsyncClient:
-    """The one HTTP client an ingress replica shares across its external LLMs."""
-    return httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
+def http_pool() -> aiohttp.ClientSession:
+    """The one HTTP client an ingress replica shares across its external LLMs (made on its event loop)."""
+    return aiohttp.ClientSession(timeout=TIMEOUT, read_bufsize=READ_BUFFER, connector=aiohttp.TCPConnector(
+        limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S))
 
 
 def api_key(llm: LLMPlan, environ: dict[str, str] | os._Environ = os.environ) -> str | None:
@@ -46,7 +51,7 @@ def api_key(llm: LLMPlan, environ: dict[str, str] | os._Environ = os.environ) ->
 
 
 class ExternalLLM:
-    def __init__(self, pool: httpx.AsyncClient, llm: LLMPlan, key: str | None) -> None:
+    def __init__(self, pool: aiohttp.ClientSession, llm: LLMPlan, key: str | None) -> None:
         self._pool = pool
         self._llm = llm
         self._headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -60,13 +65,14 @@ class ExternalLLM:
 
     async def _complete(self, request: LLMRequest) -> dict[str, Any]:
         try:
-            response = await self._pool.post(self._url(request), json=request.body, headers=self._headers)
-        except httpx.TransportError as exc:
+            async with self._post(request) as response:
+                content = await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._transport_error(exc) from None
-        if not response.is_success:
-            raise self._upstream_error(response.status_code, response.content)
+        if not 200 <= response.status < 300:
+            raise self._upstream_error(response.status, content)
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError:
             raise OpenAIError(502, f"The {self._llm.llm} endpoint answered with a body that is not JSON.",
                               code="upstream_error") from None
@@ -74,12 +80,12 @@ class ExternalLLM:
     async def _events(self, request: LLMRequest) -> AsyncIterator[str]:
         """The endpoint's server-sent events, one whole event (``data: ...`` and a blank line) at a time."""
         try:
-            async with self._pool.stream("POST", self._url(request), json=request.body,
-                                         headers=self._headers) as response:
-                if not response.is_success:
-                    raise self._upstream_error(response.status_code, await response.aread())
+            async with self._post(request) as response:
+                if not 200 <= response.status < 300:
+                    raise self._upstream_error(response.status, await response.read())
                 event: list[str] = []
-                async for line in response.aiter_lines():
+                async for raw in response.content:
+                    line = raw.decode("utf-8").rstrip("\r\n")
                     if line:
                         event.append(line)
                     elif event:
@@ -87,14 +93,18 @@ class ExternalLLM:
                         event = []
                 if event:
                     yield "\n".join(event) + "\n\n"
-        except httpx.TransportError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._transport_error(exc) from None
+
+    def _post(self, request: LLMRequest) -> Any:
+        return self._pool.post(self._url(request), json=request.body, headers=self._headers, allow_redirects=False)
 
     def _url(self, request: LLMRequest) -> str:
         return self._llm.endpoint + PATHS[request.endpoint]
 
-    def _transport_error(self, exc: httpx.TransportError) -> Exception:
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+    def _transport_error(self, exc: Exception) -> Exception:
+        # Nothing was sent (no connection): the request may go to a fallback unchanged.
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
             return LLMUnavailable(f"{self._llm.endpoint}: {type(exc).__name__}")
         return OpenAIError(502, f"The {self._llm.llm} endpoint broke off ({type(exc).__name__}).",
                            code="upstream_error")
