@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from serve_app.api.errors import describe_error
 from serve_app.config.file import BUILDER, app_config, load_yaml
 from serve_app.config.graph import CLASSIFIER
+from serve_app.config.schema import RouterConfig
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -76,8 +77,10 @@ def check(config: dict[str, Any]) -> list[str]:
 
 def _classifier_entry(application: dict[str, Any]) -> str | None:
     """Why a Classifier entry would fail the deploy: Serve refuses options for a deployment the graph lacks."""
-    classifier = (application.get("args") or {}).get("classifier") or {}
-    placement = classifier.get("placement", "auto")
+    try:
+        placement = RouterConfig.model_validate(application.get("args") or {}).classifier.placement
+    except ValueError:  # bad args are reported on their own
+        return None
     if placement == "deployment":
         return None
     if placement == "ingress":
