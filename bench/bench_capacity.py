@@ -208,20 +208,26 @@ def kvcached_router(router: Path, python: str, backends: dict[str, Stub], scratc
         yield url, lambda: [proc]
 
 
-def ours_config(shipped: dict[str, Any], backends: dict[str, Stub]) -> dict[str, Any]:
-    """serve_config.yaml with every LLM an external endpoint at its stub, and no vLLM deployment."""
+def ours_config(shipped: dict[str, Any], backends: dict[str, Stub], cache_size: int = 0) -> dict[str, Any]:
+    """serve_config.yaml with every LLM an external endpoint at its stub, and no vLLM deployment.
+
+    ``cache_size``: the classifier's embedding cache, off by default here: the levels send the same queries of
+    the development set again, which the cache would answer; a single request is measured as a text never seen.
+    """
     endpoints = {name: f"http://127.0.0.1:{stub.port}/v1" for name, stub in backends.items()}
     config = config_with_stub_llms(shipped, endpoints)
+    config["applications"][application_index(config)]["args"].setdefault("classifier", {})["cache_size"] = cache_size
     app_config(config)  # refused here, naming the key, rather than after a cluster start
     return config
 
 
 @contextmanager
-def our_router(backends: dict[str, Stub], scratch: Path, haproxy: bool = False
+def our_router(backends: dict[str, Stub], scratch: Path, haproxy: bool = False, cache_size: int = 0
                ) -> Iterator[tuple[str, Callable[[], list[psutil.Process]]]]:
     """``haproxy``: Ray Serve's HAProxy ingress (harness.local_serve.haproxy_env) in place of its Python proxy."""
     path = scratch / "serve_config.capacity.yaml"
-    path.write_text(yaml.safe_dump(ours_config(load_yaml(ROOT / "serve_config.yaml"), backends), sort_keys=False))
+    config = ours_config(load_yaml(ROOT / "serve_config.yaml"), backends, cache_size)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     with serve_run(path, BASE, timeout_s=600, env=haproxy_env() if haproxy else None) as graph:
         # Every process of the private cluster: Ray's own cost is the router's cost too. Listed again for each
         # level: HAProxy starts a new process each time its configuration is reloaded.

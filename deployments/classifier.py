@@ -21,9 +21,11 @@ from typing import Any, Protocol
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.util.metrics import Counter
 
 from serve_app.config.live import LiveConfig
 from serve_app.config.schema import ClassifierBatching, ClassifierConfig
+from serve_app.routing.embedding_cache import EmbeddingCache
 from serve_app.routing.encoder import Encoder, embed_queries, encode, load_encoder
 
 logger = logging.getLogger("ray.serve")
@@ -31,11 +33,15 @@ logger = logging.getLogger("ray.serve")
 
 class Embedder:
     """An encoder with Serve's batching: the texts of concurrent requests share one encoder call, and as many
-    batches run at once as the encoder runs calls side by side (``classifier.threads``)."""
+    batches run at once as the encoder runs calls side by side (``classifier.threads``). Texts embedded lately
+    come from the cache (``classifier.cache_size``) without reaching the encoder."""
 
-    def __init__(self, encoder: Encoder, batching: ClassifierBatching | None = None) -> None:
+    def __init__(self, encoder: Encoder, batching: ClassifierBatching | None = None, cache_size: int = 0) -> None:
         self.encoder = encoder
-        self.embed = serve.batch(max_concurrent_batches=encoder.parallel)(self._embed_batch)
+        self.cache = EmbeddingCache(cache_size)
+        self.cached_texts = Counter("router_embedding_cache_texts", "Texts the classifier was asked to embed: hit "
+                                    "(from the cache, no encoder call) or miss.", tag_keys=("result",))
+        self._batched = serve.batch(max_concurrent_batches=encoder.parallel)(self._embed_batch)
         self.set_batching(batching or ClassifierBatching())
 
     @classmethod
@@ -43,16 +49,26 @@ class Embedder:
                    ) -> Embedder:
         encoder = await asyncio.to_thread(load_encoder, config.model, config.backend, config.max_seq_length,
                                           threads=config.threads)
-        logger.info("Classifier encoder (%s): %s; %s", where, encoder.describe(), encoder.choice)
-        return cls(encoder, batching)
+        logger.info("Classifier encoder (%s): %s; %s; cache of %d texts", where, encoder.describe(), encoder.choice,
+                    config.cache_size)
+        return cls(encoder, batching, config.cache_size)
 
     def set_batching(self, batching: ClassifierBatching) -> None:
-        self.embed.set_max_batch_size(batching.max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._batched.set_max_batch_size(batching.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    async def embed(self, texts: tuple[str, ...]) -> np.ndarray:
+        """Unit vectors of one request's texts; only those not in the cache go to the encoder, in a batch."""
+        rows, missing = self.cache.lookup(texts)
+        if hits := len(texts) - len(missing):
+            self.cached_texts.inc(hits, tags={"result": "hit"})
+        if not missing:
+            return np.stack(rows) if rows else np.zeros((0, self.encoder.dim), dtype=np.float32)
+        self.cached_texts.inc(len(missing), tags={"result": "miss"})
+        return self.cache.fill(texts, rows, missing, await self._batched(missing))
 
     async def _embed_batch(self, queries: list[tuple[str, ...]]) -> list[np.ndarray]:
-        """Unit vectors of each request's candidate texts: every text of the batch in one encoder call.
-        ``self.embed(texts)`` takes one request's texts and awaits its share of a batch."""
+        """Every text of the batch's requests in one encoder call."""
         # The encoder is CPU/GPU bound: keep the event loop free for the next batch (and, in the ingress, for HTTP).
         return await asyncio.to_thread(embed_queries, self.encoder, queries)
 

@@ -241,9 +241,11 @@ class Ingress:
         if not thread.texts:
             return RoutingDecision(decider.default_route, "no_text"), None
         try:
-            decision = decider.decide(thread, await self.classifier.embed(thread.embedded, timeout))
-            if (prompt := decider.system_to_read(thread, decision)) is not None:
-                decision = decider.decide_with_system(decision, await self.classifier.embed((prompt,), timeout))
+            deadline = started + timeout
+            reading = decider.reading(thread, await self.classifier.embed(thread.texts, timeout))
+            while (text := reading.next_text()) is not None:  # a turn's pair, the system prompt: rarely needed
+                reading.add((await self.classifier.embed((text,), deadline - time.perf_counter()))[0])
+            decision = reading.decision
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,6 +136,30 @@ def test_a_reformatting_turn_is_read_with_the_turn_before_it(classifier):
     thread = classifier.decider.read(rivers)
     assert thread.embedded == (*rivers, "sort them ascending by length\nWhat are the five longest rivers in the world?")
     assert classifier.classify(rivers).route == "general"
+
+
+def test_a_request_embeds_a_turns_pair_only_where_the_decision_needs_it(classifier):
+    # The serving path (Decider.reading) embeds the turns, then only the pairs the policy asks for; the offline
+    # tools embed every pair at once. Same decisions either way.
+    decider = classifier.decider
+
+    def asked(turns: tuple[str, ...]) -> tuple[list[str], Any]:
+        thread = decider.read(turns)
+        reading, texts = decider.reading(thread, classifier.embed([thread.texts])[0]), []
+        while (text := reading.next_text()) is not None:
+            texts.append(text)
+            reading.add(classifier.embed([(text,)])[0][0])
+        eager = decider.decide(thread, classifier.embed([thread.embedded])[0])
+        assert (reading.decision.route, reading.decision.reason) == (eager.route, eager.reason)
+        assert reading.decision.score == pytest.approx(eager.score, abs=1e-3)
+        return texts, reading.decision
+
+    rivers = ("What are the five longest rivers in the world?", "sort them ascending by length")
+    texts, decision = asked(rivers)
+    assert texts == [f"{rivers[1]}\n{rivers[0]}"] and decision.route == "general"
+    texts, decision = asked(("Write a Python function that reverses a string", "now make it handle unicode too",
+                             "add type hints"))
+    assert texts == [] and decision.route == "code"
 
 
 def test_a_change_of_subject_leaves_the_conversation(classifier):

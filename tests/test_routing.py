@@ -13,7 +13,7 @@ from serve_app.config.schema import RouterConfig, RoutingConfig
 from serve_app.dispatch.routes import RouteTable
 from serve_app.routing.examples import ExampleIndex
 from serve_app.routing.keywords import KeywordHits
-from serve_app.routing.policy import RoutingDecision, RoutingPolicy, Turn
+from serve_app.routing.policy import UNREAD, PairUnread, RoutingDecision, RoutingPolicy, Turn
 
 POLICY = RoutingPolicy({"code": 0.3, "math": 0.4, "general": 0.3}, "general", switch_margin=0.15)
 
@@ -61,6 +61,18 @@ def test_a_turn_moves_the_conversation_only_if_it_still_points_there_read_with_t
     # "now write a function that sorts any list": code read alone and read with the rivers question.
     d = POLICY.decide([Turn(rivers), Turn(sort_them, with_previous={"code": 0.5, "math": 0.1, "general": 0.35})])
     assert (d.route, d.reason) == ("code", "classified")
+
+
+def test_a_turns_pair_is_asked_for_only_where_the_turn_may_move_the_conversation():
+    rivers, sort_them = {"code": 0.1, "math": 0.2, "general": 0.6}, {"code": 0.6, "math": 0.2, "general": 0.1}
+    agrees, vague = {"code": 0.1, "math": 0.1, "general": 0.5}, {"code": 0.2, "math": 0.1, "general": 0.15}
+    # Turns that agree, and a turn below every threshold, decide without their pairs.
+    assert POLICY.decide([Turn(rivers), Turn(agrees, with_previous=UNREAD)]).reason == "classified"
+    assert POLICY.decide([Turn(rivers), Turn(vague, with_previous=UNREAD)]).reason == "context"
+    # A turn confidently elsewhere needs its pair: the policy names which one.
+    with pytest.raises(PairUnread) as unread:
+        POLICY.decide([Turn(rivers), Turn(agrees, with_previous=UNREAD), Turn(sort_them, with_previous=UNREAD)])
+    assert unread.value.index == 2
 
 
 def test_a_turn_nearer_the_follow_up_examples_never_moves_the_conversation():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -271,3 +272,46 @@ def test_prometheus_has_the_routers_and_the_engines_metrics(graph, client):
         time.sleep(2)
     assert not missing, f"not exported: {missing}"
     assert 'route="code"' in text  # the router's series carry their route
+
+
+def _cache_texts(url: str) -> dict[str, float]:
+    """The embedding cache's hit and miss counts, summed over the Ingress replicas, from Ray's metrics export."""
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line.startswith("ray_router_embedding_cache_texts_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            counts[result] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_an_agent_loop_step_is_routed_from_the_embedding_cache(graph, router):
+    # An agent re-sends its task at every step of its tool loop: the step's texts (the user's turns and their
+    # pair) must come from the cache, routed exactly as the first time. A task of its own, never seen before.
+    url = graph.metrics_url()
+    task = f"Write a Python script that renames every .jpeg file in a folder to .jpg (job {uuid.uuid4().hex[:8]})"
+    messages = [{"role": "user", "content": task},
+                {"role": "assistant", "content": "Here is the script."},
+                {"role": "user", "content": "now make it recurse into subfolders"}]
+    step = [*messages, {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_1", "type": "function", "function": {"name": "run", "arguments": '{"cmd": "python rename.py"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "renamed 12 files"}]
+    before = _cache_texts(url)
+
+    def routed(thread: list[dict]) -> tuple[str, str, str]:
+        r = httpx.post(f"{router}/v1/chat/completions", timeout=120, json={"messages": thread, "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        return r.headers["x-router-category"], r.headers["x-router-reason"], r.headers["x-router-score"]
+
+    first = routed(messages)
+    assert first[0] == "code"
+    assert routed(step) == first  # the score too, digit for digit: the same rows
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports metrics every few seconds
+        after = _cache_texts(url)
+        hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+        if hits >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    # The two turns (and their pair, where the decision asked for it): embedded for the first request, every
+    # one of them from the cache for the step.
+    assert hits == misses >= 2

@@ -326,6 +326,10 @@ class ClassifierConfig(StrictModel):
         "one thread of its own; 0: the library's default, every core on one query at a time. A query of a few "
         "dozen tokens gains little from a second core shared with the rest of the router, and pays CPU to keep "
         "the threads in step; two queries side by side use both.")
+    cache_size: int = Field(
+        4096, ge=0, description="Texts whose embeddings each replica that embeds keeps (least recently used go "
+        "first; 1.5 KiB each for a 384-dimension model): a conversation re-sends its earlier turns and an agent's "
+        "tool loop its user turns at every step, and a seen text is not embedded again. 0: no cache.")
     num_gpus: float = Field(0.1, ge=0, description="GPU share on the GPU profile.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs on the GPU profile.")
 

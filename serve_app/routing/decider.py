@@ -5,24 +5,27 @@ LLM answers each route, serve_app/dispatch/routes.py) and swaps both in one assi
 decided by exactly one block from start to end. The offline tools (eval, calibrate) build the very same
 one, with the examples embedded in-process by the same model, and need nothing about the LLMs.
 
-Two steps, with the embedding between them (the classifier's, in the ingress or its own deployment, or the
-tools' in-process): ``read`` turns the user's turns into the texts to embed, ``decide`` scores them and applies
-the policy; when that leaves the request below every threshold, ``system_to_read`` names the system prompt to
-embed and ``decide_with_system`` lets it decide.
+Embedding happens between the steps (the classifier's, in the ingress or its own deployment, or the tools'
+in-process): ``read`` turns the user's turns into the texts to embed; a ``Reading`` then takes the turns'
+embeddings and asks, one text at a time, for what else the decision needs: a turn read with the one before it,
+only where that turn may move the conversation elsewhere, and the system prompt, only where the turns leave the
+request below every threshold. Most requests need neither, so a request embeds its turns and nothing more.
+The offline tools that score many settings at once embed everything in one call (``Thread.embedded``) and
+``decide`` on all of it: the same decision.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from serve_app.config.schema import RoutingConfig
 from serve_app.routing.examples import ExampleIndex
 from serve_app.routing.keywords import KeywordMatcher, compile_pattern
-from serve_app.routing.policy import RoutingDecision, RoutingPolicy, Turn
+from serve_app.routing.policy import UNREAD, PairUnread, RoutingDecision, RoutingPolicy, Turn
 
 FOLLOW_UP = "<follow-up>"  # the follow-up examples' row in the index: never a route name
 
@@ -96,20 +99,28 @@ class Decider:
     def turns(self, thread: Thread, embeddings: np.ndarray, top_k: int | None = None) -> list[Turn]:
         """Each turn's route scores, follow-up similarity and keyword hits: what the policy decides on.
 
-        ``embeddings`` are the rows of ``thread.embedded``, unit-norm.
+        ``embeddings`` are unit-norm rows: of ``thread.embedded`` (the turns and their pairs), or of
+        ``thread.texts`` alone, when each later turn's pair is left ``UNREAD`` until the policy asks for it.
         """
         rows = self.index.scores(embeddings, top_k)
         n = len(thread.texts)
-        paired = [None, *({r: row[r] for r in self.routes} for row in rows[n:])]
+        pairs = [self._route_scores(row) for row in rows[n:]] or [UNREAD] * (n - 1)
+        paired = [None, *pairs]
         return [Turn({r: row[r] for r in self.routes}, self.keywords.hits(text), row.get(FOLLOW_UP, float("-inf")),
                      switched, with_previous)
                 for text, switched, row, with_previous in zip(thread.texts, thread.switched, rows[:n], paired)]
 
     def decide(self, thread: Thread, embeddings: np.ndarray) -> RoutingDecision:
-        """The route for a request's thread and the unit-norm embeddings of ``thread.embedded``."""
+        """The route for a request's thread and the unit-norm embeddings of all of ``thread.embedded``, without
+        the system prompt's step (the offline tools)."""
         if not thread.texts:
             return RoutingDecision(self.default_route, "no_text")
         return self.policy.decide(self.turns(thread, embeddings))
+
+    def reading(self, thread: Thread, turn_embeddings: np.ndarray) -> Reading:
+        """The decision for ``thread`` from its turns' unit-norm embeddings (rows of ``thread.texts``), asking for
+        more texts only where it needs them (the serving path)."""
+        return Reading(self, thread, self.turns(thread, turn_embeddings))
 
     def system_to_read(self, thread: Thread, decision: RoutingDecision) -> str | None:
         """The system prompt to embed next, when the user's turns left the request below every threshold. A
@@ -118,5 +129,71 @@ class Decider:
 
     def decide_with_system(self, decision: RoutingDecision, embedding: np.ndarray) -> RoutingDecision:
         """``decision`` revised by the system prompt's unit-norm embedding (``system_to_read``)."""
+        return self.policy.with_system(decision, self.scores_of(embedding))
+
+    def scores_of(self, embedding: np.ndarray) -> dict[str, float]:
+        """Each route's score of one text's unit-norm embedding."""
         [row] = self.index.scores(np.asarray(embedding).reshape(1, -1))
-        return self.policy.with_system(decision, {r: row[r] for r in self.routes})
+        return self._route_scores(row)
+
+    def _route_scores(self, row: dict[str, float]) -> dict[str, float]:
+        return {r: row[r] for r in self.routes}
+
+
+class Reading:
+    """One request's decision, made with as few embeddings as it needs::
+
+        reading = decider.reading(thread, embed(thread.texts))
+        while (text := reading.next_text()) is not None:
+            reading.add(embed([text])[0])
+        reading.decision
+
+    ``next_text`` names a later turn read with the one before it, where the policy weighs moving the
+    conversation to that turn's route, and then the system prompt, where the turns leave the request below
+    every threshold. A thread whose turns agree (or one turn alone) asks for nothing more.
+    """
+
+    def __init__(self, decider: Decider, thread: Thread, turns: list[Turn]) -> None:
+        self._decider, self._thread, self._turns = decider, thread, turns
+        self._asked: int | str | None = None  # the pair's turn index, or "system"
+        self._decision: RoutingDecision | None = None
+        self._system_read = False
+        self._done = False
+
+    @property
+    def decision(self) -> RoutingDecision:
+        if not self._done or self._decision is None:
+            raise RuntimeError("the decision is not made yet: embed each of next_text() and add() it until None")
+        return self._decision
+
+    def next_text(self) -> str | None:
+        """The next text to embed and ``add``, or None when the decision is made."""
+        if self._asked is not None:
+            return self._asked_text()
+        if self._decision is None:
+            try:
+                self._decision = (self._decider.policy.decide(self._turns) if self._turns
+                                  else RoutingDecision(self._decider.default_route, "no_text"))
+            except PairUnread as unread:
+                self._asked = unread.index
+                return self._asked_text()
+        if not self._system_read and self._decider.system_to_read(self._thread, self._decision) is not None:
+            self._asked = "system"
+            return self._thread.system
+        self._done = True
+        return None
+
+    def add(self, embedding: np.ndarray) -> None:
+        """The unit-norm embedding of the text ``next_text`` named."""
+        if self._asked == "system":
+            self._decision = self._decider.decide_with_system(self._decision, embedding)
+            self._system_read = True
+        elif isinstance(self._asked, int):
+            i = self._asked
+            self._turns[i] = replace(self._turns[i], with_previous=self._decider.scores_of(embedding))
+        else:
+            raise RuntimeError("no text was asked for")
+        self._asked = None
+
+    def _asked_text(self) -> str:
+        return self._thread.system if self._asked == "system" else self._thread.paired[self._asked - 1]

@@ -41,6 +41,24 @@ class RoutingDecision:
     score: float | None = None  # the winning route's score (the best score when below every threshold)
 
 
+class Unread:
+    """A turn's reading with the turn before it, not embedded yet: it is embedded only if the decision needs it."""
+
+    def __repr__(self) -> str:
+        return "UNREAD"
+
+
+UNREAD = Unread()
+
+
+class PairUnread(Exception):  # noqa: N818 (a request for more input, not an error)
+    """The decision needs turn ``index`` read with the turn before it (``Turn.with_previous``) to go on."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 @dataclass(frozen=True)
 class Turn:
     """One user turn as the policy sees it."""
@@ -49,7 +67,8 @@ class Turn:
     hits: KeywordHits = NO_HITS
     follow_up: float = float("-inf")  # similarity to the follow-up examples
     switched: bool = False  # it marks a change of subject: decided alone
-    with_previous: Mapping[str, float] | None = None  # the scores of this turn read with the one before it
+    # The scores of this turn read with the one before it; UNREAD until the decision asks for them (PairUnread).
+    with_previous: Mapping[str, float] | Unread | None = None
 
 
 class RoutingPolicy:
@@ -75,15 +94,16 @@ class RoutingPolicy:
         return RoutingDecision(self.default_route, "below_threshold", allowed[best])
 
     def decide(self, turns: Sequence[Turn]) -> RoutingDecision:
-        """The route for a conversation's user turns, oldest first."""
+        """The route for a conversation's user turns, oldest first. Raises ``PairUnread`` where it needs a turn's
+        ``with_previous`` that is still ``UNREAD``: the caller embeds it and asks again."""
         if not turns:
             return RoutingDecision(self.default_route, "no_text")
         held = self.alone(turns[0])
-        for turn in turns[1:]:
-            held = self._next(held, turn)
+        for index, turn in enumerate(turns[1:], start=1):
+            held = self._next(held, turn, index)
         return held
 
-    def _next(self, held: RoutingDecision, turn: Turn) -> RoutingDecision:
+    def _next(self, held: RoutingDecision, turn: Turn, index: int) -> RoutingDecision:
         own = self.alone(turn)
         if turn.switched or own.reason == "keyword":
             return own
@@ -93,9 +113,9 @@ class RoutingPolicy:
             return own
         if held.reason in FALLBACK_REASONS:  # held by the default route for want of a better one
             return own
-        if own.score - turn.scores.get(held.route, 0.0) >= self.switch_margin and self._still_elsewhere(own, turn):
-            return own
-        return _kept(held)
+        if own.score - turn.scores.get(held.route, 0.0) < self.switch_margin:
+            return _kept(held)
+        return own if self._still_elsewhere(own, turn, index) else _kept(held)
 
     def with_system(self, decision: RoutingDecision, scores: Mapping[str, float]) -> RoutingDecision:
         """The system prompt's best route, where the user's turns left the request on the default route for want
@@ -106,10 +126,12 @@ class RoutingPolicy:
         best = max(scores, key=scores.__getitem__)
         return RoutingDecision(best, "system", scores[best]) if scores[best] >= self.thresholds[best] else decision
 
-    def _still_elsewhere(self, own: RoutingDecision, turn: Turn) -> bool:
+    def _still_elsewhere(self, own: RoutingDecision, turn: Turn, index: int) -> bool:
         """Whether the turn read with the one before it decides the same route as the turn alone."""
         if turn.with_previous is None:
             return True
+        if isinstance(turn.with_previous, Unread):
+            raise PairUnread(index)
         return self.alone(Turn(turn.with_previous, turn.hits)).route == own.route
 
 

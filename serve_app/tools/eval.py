@@ -59,10 +59,12 @@ class InProcessRouter:
         """A request's user turns (oldest first) and system prompt as the ingress decides them, the embedding
         in-process."""
         thread = self.decider.read(turns, system)
-        decision = self.decider.decide(thread, self.embed([thread.embedded])[0])
-        if (prompt := self.decider.system_to_read(thread, decision)) is not None:
-            decision = self.decider.decide_with_system(decision, self.embed([(prompt,)])[0])
-        return decision
+        if not thread.texts:
+            return RoutingDecision(self.decider.default_route, "no_text")
+        reading = self.decider.reading(thread, self.embed([thread.texts])[0])
+        while (text := reading.next_text()) is not None:
+            reading.add(self.embed([(text,)])[0][0])
+        return reading.decision
 
 
 @dataclass(frozen=True)
