@@ -39,8 +39,18 @@ def test_thresholds_land_in_the_middle_of_the_best_plateau():
     labels = ["code"] * 3 + ["general"] * 3
     fitted = cal.fit_thresholds(cands, labels, {"code": 0.0, "general": 0.5}, "general")
     assert 0.2 < fitted["code"] <= 0.3 and fitted["code"] == pytest.approx(0.25, abs=0.011)
-    assert fitted["general"] == 0.5  # the default route's threshold is never consulted
     assert cal._measure(cands, labels, fitted, "general", ["code", "general"]) == (1.0, 1.0)
+
+
+def test_the_default_routes_threshold_is_fitted_where_a_conversation_depends_on_it():
+    # A first turn only weakly general (0.30) must not hold the thread against a code turn that is not ahead by
+    # the margin; a clearly general one (0.70) must. So general's threshold belongs in (0.30, 0.70].
+    weak_then_code = [Turn({"code": 0.1, "general": 0.30}), Turn({"code": 0.6, "general": 0.35})]
+    strong_then_code = [Turn({"code": 0.1, "general": 0.70}), Turn({"code": 0.6, "general": 0.35})]
+    cands, labels = [weak_then_code, strong_then_code], ["code", "general"]
+    fitted = cal.fit_thresholds(cands, labels, {"code": 0.5, "general": 0.0}, "general", switch_margin=0.5)
+    assert 0.3 < fitted["general"] <= 0.7 and fitted["general"] == pytest.approx(0.5, abs=0.011)
+    assert cal._measure(cands, labels, fitted, "general", ["code", "general"], 0.5) == (1.0, 1.0)
 
 
 @pytest.fixture
@@ -62,7 +72,7 @@ def test_calibration_improves_or_keeps_accuracy(router_args, routing_args, encod
     result = cal.calibrate(InProcessRouter.from_config(config, encoder), config.routing, items, top_ks=(1, 3, 5))
     assert result.after.macro_f1 >= result.before.macro_f1 and result.after.accuracy >= result.before.accuracy
     assert result.before.accuracy < 0.7 and result.after.accuracy == 1.0
-    assert set(result.after.thresholds) == {"code", "math"}  # not the default route
+    assert set(result.after.thresholds) == {"code", "math", "general"}  # the default route's too
     assert result.after.top_k in (1, 3, 5)
 
     # The fitted values, put in the config, give what calibration promised.
@@ -101,7 +111,7 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
     monkeypatch.setattr("serve_app.tools.eval.load_encoder", lambda *args, **kwargs: encoder)
     text = SERVE_CONFIG.read_text()
     # Start from routes without thresholds of their own (so --write must add them) and a top_k to change.
-    text = re.sub(r"\n +threshold: [0-9.]+\n", "\n", text)
+    text = re.sub(r"\n +threshold: [0-9.]+[^\n]*\n", "\n", text)
     text = re.sub(r"top_k: \d+", "top_k: 10", text)
     config_path = tmp_path / "serve_config.yaml"
     config_path.write_text(text)
@@ -110,7 +120,7 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
     out = capsys.readouterr().out
     snippet = yaml.safe_load(out)
     assert snippet["top_k"] in (3, 5, 10)  # the current value is always tried, and wins ties
-    assert [r["name"] for r in snippet["routes"]] == ["code", "math"]
+    assert [r["name"] for r in snippet["routes"]] == ["code", "math", "general"]
 
     written = config_path.read_text()
     assert _comments(written) == _comments(text)
@@ -120,10 +130,9 @@ def test_cli_prints_a_snippet_and_writes_the_config_keeping_comments(
     routing = load_app_config(config_path).routing
     assert routing.top_k == snippet["top_k"]
     assert routing.thread.switch_margin == snippet["thread"]["switch_margin"]
-    assert {r.name: r.threshold for r in routing.routes} == {
-        **{r["name"]: r["threshold"] for r in snippet["routes"]}, "general": None}
+    assert {r.name: r.threshold for r in routing.routes} == {r["name"]: r["threshold"] for r in snippet["routes"]}
     # Each added threshold sits below its route's llm, as one would write it by hand.
-    for r in routing_block(yaml.safe_load(written)["applications"][0])["routes"][:2]:
+    for r in routing_block(yaml.safe_load(written)["applications"][0])["routes"]:
         assert list(r)[:3] == ["name", "llm", "threshold"]
     # Nothing else changed.
     before = yaml.safe_load(text)

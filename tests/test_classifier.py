@@ -25,7 +25,7 @@ from tests.conftest import DEV_SET
 # leave room for encoder/library drift (another CPU runs another backend), not for a worse router.
 DEV_HOLDOUT_MACRO_F1_FLOOR = 0.97
 DEV_HOLDOUT_RECALL_FLOOR = 0.95
-CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.91  # 0.934 with OpenVINO bf16, 0.918 with ONNX Runtime int8
+CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.92  # 0.942 with OpenVINO bf16, 0.926 with ONNX Runtime int8
 AGENT_LOOPS_HOLDOUT_FLOOR = 1.0  # share of agent loops routed to their task's route
 NUMERIC_GENERAL_HOLDOUT_FLOOR = 0.93
 DATA = DEV_SET.parent

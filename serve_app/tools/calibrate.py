@@ -4,8 +4,10 @@
                                         [--part tune] [--write]
 
 Prints a YAML snippet to set in the config, or with ``--write`` sets the values in the file itself
-(comments kept). A request whose best route scores below that route's threshold abstains: it goes
-to the default route, so the default route needs no threshold.
+(comments kept). A request whose best route scores below that route's threshold abstains: it goes to the
+default route. The default route's own threshold is fitted too: a single request goes there either way, but
+in a conversation a turn that is only weakly the default route does not hold the thread against a later
+confident turn, and leaves the system prompt to decide.
 
 The search maximises macro-F1: each top_k of a small grid, then per-route thresholds by coordinate
 ascent on a 0.01 grid, then the thread's ``switch_margin`` (what a later turn of a conversation needs to
@@ -47,7 +49,7 @@ _PASSES = 4
 @dataclass(frozen=True)
 class Fit:
     top_k: int
-    thresholds: dict[str, float]  # every route but the default one
+    thresholds: dict[str, float]  # every route's, the default route's too
     switch_margin: float
     macro_f1: float
     accuracy: float
@@ -76,8 +78,6 @@ def fit_thresholds(cands: Sequence[Sequence[Turn]], labels: Sequence[str], start
     for _ in range(_PASSES):
         changed = False
         for route in order:
-            if route == default_route:
-                continue  # abstaining sends a request there anyway
             results = [(_measure(cands, labels, {**thresholds, route: v}, default_route, order, switch_margin), v)
                        for v in grid]
             value = _plateau_middle(results)
@@ -123,8 +123,6 @@ def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequen
         thresholds = fit_thresholds(cands, labels, thresholds, default, grid, margin)
         fits.append(Fit(k, thresholds, margin, *_measure(cands, labels, thresholds, default, routes, margin)))
     after = max(fits, key=lambda f: (f.macro_f1, f.accuracy))  # max keeps the first of equals
-    after = Fit(after.top_k, {r: v for r, v in after.thresholds.items() if r != default}, after.switch_margin,
-                after.macro_f1, after.accuracy)
     return Calibration(before, after, len(items))
 
 
