@@ -25,7 +25,7 @@ from tests.conftest import DEV_SET
 # leave room for encoder/library drift (another CPU runs another backend), not for a worse router.
 DEV_HOLDOUT_MACRO_F1_FLOOR = 0.97
 DEV_HOLDOUT_RECALL_FLOOR = 0.95
-CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.92  # 0.942 with OpenVINO bf16, 0.926 with ONNX Runtime int8
+CONVERSATIONS_HOLDOUT_MACRO_F1_FLOOR = 0.92  # 0.942 with OpenVINO bf16, 0.927 with ONNX Runtime int8
 AGENT_LOOPS_HOLDOUT_FLOOR = 1.0  # share of agent loops routed to their task's route
 NUMERIC_GENERAL_HOLDOUT_FLOOR = 0.93
 DATA = DEV_SET.parent
@@ -122,7 +122,7 @@ def test_an_agent_loop_stays_on_its_tasks_route_whatever_the_framework_adds(clas
 
 def test_an_agents_system_prompt_decides_only_what_its_user_turns_leave_undecided(classifier):
     coding_agent = "You are a coding agent working in the user's repository. Use the tools to run commands and tests."
-    vague = ("the build is broken on main, look into it", "continue")
+    vague = ("please pick up the ticket I assigned you", "continue")
     assert classifier.classify(vague).reason == "below_threshold"  # the user's words alone: no route is confident
     decision = classifier.classify(vague, coding_agent)
     assert (decision.route, decision.reason) == ("code", "system")

@@ -235,7 +235,7 @@ def test_concurrent_classifications_in_the_ingress_match_in_process(router, app_
 
     agent = "You are a coding agent working in the user's repository. Use the tools to run commands and tests."
     asked = [(item.texts[0], "") for item in load_labelled(DEV_SET)[:24]]
-    asked += [("the build is broken on main, look into it", agent), ("ok, keep going", agent)]
+    asked += [("please pick up the ticket I assigned you", agent), ("ok, keep going", agent)]
     in_process = InProcessRouter.from_config(app_config, encoder)
 
     def ask(text_and_system: tuple[str, str]) -> httpx.Response:
