@@ -276,11 +276,13 @@ def test_prometheus_has_the_routers_and_the_engines_metrics(graph, client):
 
 def _cache_texts(url: str) -> dict[str, float]:
     """The embedding cache's hit and miss counts, summed over the Ingress replicas, from Ray's metrics export."""
+    from prometheus_client.parser import text_string_to_metric_families  # Ray Serve's own dependency
+
     counts = {"hit": 0.0, "miss": 0.0}
-    for line in httpx.get(url, timeout=10).text.splitlines():
-        if line.startswith("ray_router_embedding_cache_texts_total{"):
-            result = line.split('result="', 1)[1].split('"', 1)[0]
-            counts[result] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        if family.name == "ray_router_embedding_cache_texts":
+            for sample in family.samples:
+                counts[sample.labels["result"]] += sample.value
     return counts
 
 

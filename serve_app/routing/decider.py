@@ -172,8 +172,7 @@ class Reading:
             return self._asked_text()
         if self._decision is None:
             try:
-                self._decision = (self._decider.policy.decide(self._turns) if self._turns
-                                  else RoutingDecision(self._decider.default_route, "no_text"))
+                self._decision = self._decider.policy.decide(self._turns)  # no turns: no_text
             except PairUnread as unread:
                 self._asked = unread.index
                 return self._asked_text()
