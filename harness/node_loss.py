@@ -144,7 +144,12 @@ async def node_loss(cluster: LocalCluster, base_url: str, clients: int = 4, warm
             break
         await asyncio.sleep(1)
     if report.healthy_after_s is not None:
-        await asyncio.sleep(after_s)  # the load goes on against the healed graph
+        # The load goes on against the healed graph for after_s, and until `clients` requests sent after the
+        # heal have answered: a restarted engine's first requests can take longer than after_s. Bounded.
+        healed_at, deadline = report.kill_at_s + report.healthy_after_s, time.monotonic() + after_s + CLIENT_TIMEOUT_S
+        await asyncio.sleep(after_s)
+        while time.monotonic() < deadline and sum(o.started > healed_at for o in outcomes) < clients:
+            await asyncio.sleep(1)
     stop.set()
     await load
     new = [n["node_id"] for n in cluster.alive_workers() if n["node_id"] not in before]
