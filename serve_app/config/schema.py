@@ -322,10 +322,10 @@ class ClassifierConfig(StrictModel):
         "with the ingress), deployment (the Classifier deployment, batching every ingress replica's requests on its "
         "GPU share), or auto: deployment where the classifier gets a GPU (or the GPU stand-in), ingress on a CPU.")
     threads: int = Field(
-        2, ge=0, description="On a CPU backend (onnx, openvino): how many queries are embedded at once, each on "
-        "one thread of its own; 0: the library's default, every core on one query at a time. A query of a few "
-        "dozen tokens gains little from a second core shared with the rest of the router, and pays CPU to keep "
-        "the threads in step; two queries side by side use both.")
+        2, ge=0, description="On a CPU backend (onnx, openvino): how many encoder calls run at once (each a "
+        "batch of the requests waiting), each on one thread of its own; 0: the library's default, every core on "
+        "one call at a time. A query of a few dozen tokens gains little from a second core shared with the rest "
+        "of the router, and pays CPU to keep the threads in step; two calls side by side use both.")
     cache_size: int = Field(
         4096, ge=0, description="Texts whose embeddings each replica that embeds keeps (least recently used go "
         "first; 1.5 KiB each for a 384-dimension model): a conversation re-sends its earlier turns and an agent's "
