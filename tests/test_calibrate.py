@@ -53,6 +53,23 @@ def test_the_default_routes_threshold_is_fitted_where_a_conversation_depends_on_
     assert cal._measure(cands, labels, fitted, "general", ["code", "general"], 0.5) == (1.0, 1.0)
 
 
+def test_the_margin_is_fitted_on_the_conversations_not_diluted_by_single_requests():
+    # A turn ahead by 0.40 changed the subject (must move: margin <= 0.40); one ahead by 0.15 is a follow-up that
+    # reads a little like another route (must not: margin > 0.15). Among 300 single requests, which no margin
+    # moves, losing either conversation costs less than the tolerance: measured on every item, any margin would do.
+    switch = [Turn({"code": 0.1, "general": 0.9}), Turn({"code": 0.9, "general": 0.5})]
+    follow_up = [Turn({"code": 0.9, "general": 0.1}), Turn({"code": 0.45, "general": 0.6})]
+    singles = [[Turn({"code": 0.9, "general": 0.1})], [Turn({"code": 0.1, "general": 0.9})]] * 150
+    cands, labels = [switch, follow_up, *singles], ["code", "code", *["code", "general"] * 150]
+    thresholds = {"code": 0.3, "general": 0.3}
+    margin = cal.fit_margin(cands, labels, thresholds, "general", ["code", "general"], current=0.5)
+    assert 0.15 < margin <= 0.40 and margin == pytest.approx(0.30)  # the middle of 0.20 ... 0.40
+    assert cal._measure(cands, labels, thresholds, "general", ["code", "general"], margin) == (1.0, 1.0)
+    assert cal._measure(cands, labels, thresholds, "general", ["code", "general"], 0.5)[0] > 1 - cal.MARGIN_TOLERANCE
+    # Without a conversation nothing measures the margin: it stays what it was.
+    assert cal.fit_margin(singles, labels[2:], thresholds, "general", ["code", "general"], current=0.45) == 0.45
+
+
 @pytest.fixture
 def data_file(tmp_path):
     path = tmp_path / "labelled.jsonl"

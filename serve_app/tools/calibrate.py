@@ -13,8 +13,9 @@ The search maximises macro-F1: each top_k of a small grid, then per-route thresh
 ascent on a 0.01 grid, then the thread's ``switch_margin`` (what a later turn of a conversation needs to
 move it, on a 0.05 grid), and the thresholds once more at that margin. Where several values score the
 same, the middle of that plateau is kept: it is the choice least tied to the exact items of the files.
-For the margin, values within 0.015 macro-F1 of the best count as the plateau: only the conversations
-move with it, and on a few hundred of them that is an item or two.
+Only a conversation's later turns move with the margin, so its plateau is measured on the conversations alone,
+and values within 0.015 macro-F1 of the best count as the same: on a hundred conversations that is an item or
+two. A file without conversations keeps the margin it has.
 """
 
 from __future__ import annotations
@@ -88,6 +89,21 @@ def fit_thresholds(cands: Sequence[Sequence[Turn]], labels: Sequence[str], start
     return thresholds
 
 
+def fit_margin(cands: Sequence[Sequence[Turn]], labels: Sequence[str], thresholds: dict[str, float],
+               default_route: str, order: Sequence[str], current: float, margins: Sequence[float] = MARGINS) -> float:
+    """The switch margin in the middle of the conversations' plateau; ``current`` if there are no conversations.
+
+    Measured on the conversations alone: among single requests, which the margin never moves, an item would weigh
+    a few times less, and the tolerance would span several conversations (on 511 items, seven).
+    """
+    conversations = [i for i, turns in enumerate(cands) if len(turns) > 1]
+    if not conversations:
+        return current
+    cands, labels = [cands[i] for i in conversations], [labels[i] for i in conversations]
+    return _plateau_middle([(_measure(cands, labels, thresholds, default_route, order, m), m) for m in margins],
+                           MARGIN_TOLERANCE)
+
+
 def _plateau_middle(results: Sequence[tuple[tuple[float, float], float]], tolerance: float = 0.0) -> float:
     """The middle of the values whose (macro-F1, accuracy) is the best, or within ``tolerance`` of its macro-F1."""
     best = max(r for r, _ in results)
@@ -117,9 +133,7 @@ def calibrate(classifier: InProcessRouter, routing: RoutingConfig, items: Sequen
     for k in dict.fromkeys([k0, *top_ks]):  # the current value first: it wins ties
         cands = candidates(k)
         thresholds = fit_thresholds(cands, labels, current, default, grid, margin0)
-        # Only the conversations move with the margin, and they are few: a point of macro-F1 is an item or two.
-        margin = _plateau_middle([(_measure(cands, labels, thresholds, default, routes, m), m) for m in margins],
-                                 MARGIN_TOLERANCE)
+        margin = fit_margin(cands, labels, thresholds, default, routes, margin0, margins)
         thresholds = fit_thresholds(cands, labels, thresholds, default, grid, margin)
         fits.append(Fit(k, thresholds, margin, *_measure(cands, labels, thresholds, default, routes, margin)))
     after = max(fits, key=lambda f: (f.macro_f1, f.accuracy))  # max keeps the first of equals
