@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,35 +29,22 @@ from serve_app.config.live import LiveConfig
 from serve_app.config.schema import ClassifierBatching, ClassifierConfig
 from serve_app.routing.embedding_cache import EmbeddingCache
 from serve_app.routing.encoder import Encoder, embed_queries, encode, load_encoder
+from serve_app.routing.thread_batches import ThreadBatcher
 
 logger = logging.getLogger("ray.serve")
 
 
 class Embedder:
-    """An encoder with Serve's batching: the texts of concurrent requests share one encoder call, and as many
-    batches run at once as the encoder runs calls side by side (``classifier.threads``). Texts embedded lately
-    come from the cache (``classifier.cache_size``) without reaching the encoder."""
+    """An encoder behind the embedding cache: texts embedded lately (``classifier.cache_size``) never reach the
+    encoder; the rest go to ``batched``, where the texts of concurrent requests share encoder calls."""
 
-    def __init__(self, encoder: Encoder, batching: ClassifierBatching | None = None, cache_size: int = 0) -> None:
+    def __init__(self, encoder: Encoder, batched: Callable[[tuple[str, ...]], Awaitable[np.ndarray]],
+                 cache_size: int = 0) -> None:
         self.encoder = encoder
+        self.batched = batched
         self.cache = EmbeddingCache(cache_size)
         self.cached_texts = Counter("router_embedding_cache_texts", "Texts the classifier was asked to embed: hit "
                                     "(from the cache, no encoder call) or miss.", tag_keys=("result",))
-        self._batched = serve.batch(max_concurrent_batches=encoder.parallel)(self._embed_batch)
-        self.set_batching(batching or ClassifierBatching())
-
-    @classmethod
-    async def load(cls, config: ClassifierConfig, where: str, batching: ClassifierBatching | None = None
-                   ) -> Embedder:
-        encoder = await asyncio.to_thread(load_encoder, config.model, config.backend, config.max_seq_length,
-                                          threads=config.threads)
-        logger.info("Classifier encoder (%s): %s; %s; cache of %d texts", where, encoder.describe(), encoder.choice,
-                    config.cache_size)
-        return cls(encoder, batching, config.cache_size)
-
-    def set_batching(self, batching: ClassifierBatching) -> None:
-        self._batched.set_max_batch_size(batching.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def embed(self, texts: tuple[str, ...]) -> np.ndarray:
         """Unit vectors of one request's texts; only those not in the cache go to the encoder, in a batch."""
@@ -65,16 +54,19 @@ class Embedder:
         if not missing:
             return np.stack(rows) if rows else np.zeros((0, self.encoder.dim), dtype=np.float32)
         self.cached_texts.inc(len(missing), tags={"result": "miss"})
-        return self.cache.fill(texts, rows, missing, await self._batched(missing))
-
-    async def _embed_batch(self, queries: list[tuple[str, ...]]) -> list[np.ndarray]:
-        """Every text of the batch's requests in one encoder call."""
-        # The encoder is CPU/GPU bound: keep the event loop free for the next batch (and, in the ingress, for HTTP).
-        return await asyncio.to_thread(embed_queries, self.encoder, queries)
+        return self.cache.fill(texts, rows, missing, await self.batched(missing))
 
     async def embed_examples(self, texts: list[str]) -> np.ndarray:
         """A routing block's examples, when the ingress (re)builds its router: hundreds at once, not batched."""
         return await asyncio.to_thread(encode, self.encoder, texts)
+
+
+async def load_encoder_logged(config: ClassifierConfig, where: str) -> Encoder:
+    encoder = await asyncio.to_thread(load_encoder, config.model, config.backend, config.max_seq_length,
+                                      threads=config.threads)
+    logger.info("Classifier encoder (%s): %s; %s; cache of %d texts", where, encoder.describe(), encoder.choice,
+                config.cache_size)
+    return encoder
 
 
 # max_ongoing_requests: at least the largest batch, so a whole batch can be waiting. No access log: an internal
@@ -82,7 +74,10 @@ class Embedder:
 @serve.deployment(max_ongoing_requests=128, logging_config={"enable_access_log": False})
 class Classifier:
     async def __init__(self, config: ClassifierConfig) -> None:
-        self.embedder = await Embedder.load(config, "Classifier deployment")
+        encoder = await load_encoder_logged(config, "Classifier deployment")
+        # Serve's batching: its batch wait (live, below) can gather a GPU's batch across every ingress replica.
+        self._batched = serve.batch(max_concurrent_batches=encoder.parallel)(self._embed_batch)
+        self.embedder = Embedder(encoder, self._batched, config.cache_size)
         self.live = LiveConfig("Classifier", ClassifierBatching, "batching settings")
         await self.reconfigure({})  # the defaults, until (and unless) the Serve config sets a user_config
 
@@ -91,8 +86,13 @@ class Classifier:
         await self.live.apply(user_config, self._apply)
 
     async def _apply(self, batching: ClassifierBatching) -> ClassifierBatching:
-        self.embedder.set_batching(batching)
+        self._batched.set_max_batch_size(batching.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         return batching
+
+    async def _embed_batch(self, queries: list[tuple[str, ...]]) -> list[np.ndarray]:
+        """Every text of the batch's requests in one encoder call, on a thread: the loop stays free for the next."""
+        return await asyncio.to_thread(embed_queries, self.embedder.encoder, queries)
 
     async def embed(self, texts: tuple[str, ...]) -> np.ndarray:
         return await self.embedder.embed(texts)
@@ -111,11 +111,12 @@ class ClassifierClient(Protocol):
 
 
 # A lone request never waits (no batch wait), and under load the requests that arrive while a batch computes
-# share the next one: in a busy replica the model's weights fall out of the CPU caches between calls, so one
-# pass over them for several texts costs less than a pass each (bench_capacity at 32 clients, three pairs of
-# runs: 10-25 % more req/s, 0.7-2.9 ms less CPU per request; 8 and 16 measure alike). In a batch a text
-# embeds the same to 5e-4 (bf16, tests/test_encoder.py): no decision of the development set's 771 changed.
-IN_INGRESS_BATCHING = ClassifierBatching(max_batch_size=8, batch_wait_timeout_s=0)
+# share the next one, formed on the encoder's threads (serve_app/routing/thread_batches.py). In a busy replica
+# the model's weights fall out of the CPU caches between calls, so one pass over them for several texts costs
+# less than a pass each (bench_capacity at 32 clients, three pairs of runs: 10-25 % more req/s, 0.7-2.9 ms less
+# CPU per request; 8 and 16 measure alike). In a batch a text embeds the same to 5e-4 (bf16,
+# tests/test_encoder.py): no decision of the development set's 771 changed.
+IN_INGRESS_MAX_BATCH = 8
 
 
 class InIngressClassifier:
@@ -148,5 +149,7 @@ class ClassifierDeploymentClient:
 async def classifier_client(target: DeploymentHandle | ClassifierConfig) -> ClassifierClient:
     """The Classifier deployment's handle, or the config of an encoder to load in this (ingress) replica."""
     if isinstance(target, ClassifierConfig):
-        return InIngressClassifier(await Embedder.load(target, "in the Ingress replica", IN_INGRESS_BATCHING))
+        encoder = await load_encoder_logged(target, "in the Ingress replica")
+        batches = ThreadBatcher(partial(embed_queries, encoder), encoder.parallel, IN_INGRESS_MAX_BATCH, "encoder")
+        return InIngressClassifier(Embedder(encoder, batches, target.cache_size))
     return ClassifierDeploymentClient(target)
