@@ -26,9 +26,9 @@ class Gate:
             assert self.release.wait(5)
         return [item.upper() for item in items]
 
-    async def started(self, n: int = 1) -> None:
-        for _ in range(n):
-            assert await asyncio.to_thread(self.entered.acquire, True, 5)
+    async def started(self) -> None:
+        """Once a batch has entered ``run`` (within 5 s)."""
+        assert await asyncio.to_thread(self.entered.acquire, True, 5)
 
 
 def test_a_lone_call_runs_at_once_as_a_batch_of_one():
