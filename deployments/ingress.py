@@ -240,6 +240,8 @@ class Ingress:
         thread = decider.read(turns, system)
         if not thread.texts:
             return RoutingDecision(decider.default_route, "no_text"), None
+        if (forced := decider.forced(thread)) is not None:  # a keyword decides: no classifier call
+            return forced, None
         try:
             deadline = started + timeout
             reading = decider.reading(thread, await self.classifier.embed(thread.texts, timeout))

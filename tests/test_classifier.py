@@ -13,6 +13,7 @@ import pytest
 from serve_app.api.requests import parse_request
 from serve_app.config.schema import AppConfig
 from serve_app.routing.encoder import ClassifierLoadError, embed_queries, encode, load_encoder
+from serve_app.routing.policy import RoutingDecision
 from serve_app.tools.accuracy import classification_scores
 from serve_app.tools.eval import InProcessRouter
 from serve_app.tools.labelled import load_labelled
@@ -62,6 +63,27 @@ def test_follow_up_stays_with_the_conversation(classifier):
     ]})
     decision = classifier.classify(parsed.turns)
     assert decision.route == "code"
+
+
+def test_a_request_a_keyword_decides_is_not_embedded_and_routes_as_if_it_were(classifier):
+    # The shortcut (Decider.forced) must decide what the whole decision, scores and all, decides: checked on every
+    # item of the development sets whose last turn a keyword decides (fenced code, LaTeX).
+    decider, checked = classifier.decider, 0
+    for path in (DEV_SET, DATA / "conversations.jsonl", DATA / "numeric_general.jsonl"):
+        for item in load_labelled(path, decider.config.context_turns):
+            thread = decider.read(item.texts, item.system)
+            if thread.texts and (forced := decider.forced(thread)) is not None:
+                full = decider.decide(thread, classifier.embed([thread.embedded])[0])
+                assert (full.route, full.reason) == (forced.route, forced.reason), item.key
+                checked += 1
+    assert checked >= 20
+    fenced = "Why does this fail?\n```python\nprint(1/0)\n```"
+    embedded: list[Any] = []
+    counting = InProcessRouter(_Counting(classifier.encoder, embedded), decider)
+    assert counting.classify(("Solve x^2 = 4", fenced)) == RoutingDecision("code", "keyword")
+    assert embedded == []
+    counting.classify(("Why does this fail?",))
+    assert embedded  # the same router embeds a request no keyword decides
 
 
 def test_one_encoder_call_for_many_queries_matches_one_call_each(encoder):
@@ -194,3 +216,17 @@ def test_a_new_category_needs_only_config(router_args, routing_args, encoder):
     assert [d.route for d in routed] == ["creative"] * 3 + ["code", "math", "general"]
     assert all(d.reason == "classified" for d in routed)
     assert classifier.decider.routes == ["code", "math", "general", "creative"]
+
+
+class _Counting:
+    """The real encoder, remembering what it was asked to embed."""
+
+    def __init__(self, encoder: Any, seen: list[Any]) -> None:
+        self._encoder, self._seen = encoder, seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def encode(self, texts: Any) -> Any:
+        self._seen.append(tuple(texts))
+        return self._encoder.encode(texts)

@@ -118,6 +118,19 @@ def test_keywords_force_or_exclude_on_any_turn():
     assert POLICY.decide([no_math]).route == "general"
 
 
+def test_a_last_turn_that_a_keyword_decides_needs_no_scores():
+    fenced = KeywordHits(forced=frozenset({"code"}))
+    assert POLICY.forced(fenced) == RoutingDecision("code", "keyword")
+    assert POLICY.forced(KeywordHits()) is None
+    assert POLICY.forced(KeywordHits(forced=frozenset({"code", "math"}))) is None  # told apart by scores
+    assert POLICY.forced(KeywordHits(forced=frozenset({"code"}), excluded=frozenset({"code"}))) is None
+    assert POLICY.forced(KeywordHits(forced=frozenset({"not-a-route"}))) is None
+    # What the whole conversation would decide with scores, whatever the earlier turns held.
+    maths = Turn({"code": 0.1, "math": 0.9, "general": 0.2})
+    last = Turn({"code": 0.1, "math": 0.9, "general": 0.2}, fenced, switched=False)
+    assert POLICY.decide([maths, maths, last]).route == POLICY.forced(fenced).route
+
+
 def test_the_same_thread_always_gets_the_same_route():
     turns = _turns({"code": 0.5, "math": 0.2, "general": 0.1}, {"code": 0.2, "math": 0.44, "general": 0.1},
                    {"code": 0.3, "math": 0.3, "general": 0.3})

@@ -286,6 +286,25 @@ def _cache_texts(url: str) -> dict[str, float]:
     return counts
 
 
+def test_a_request_a_keyword_decides_embeds_nothing(graph, router, client):
+    # A fenced code block decides the route by itself (Decider.forced): the classifier is not called. Then a request
+    # no keyword decides, whose one embedding shows that the counts have been exported since.
+    url = graph.metrics_url()
+    job = uuid.uuid4().hex[:8]
+    before = _cache_texts(url)
+    r = httpx.post(f"{router}/v1/chat/completions", timeout=120, json={"max_tokens": 1, "messages": [
+        {"role": "user", "content": f"Why does this fail? (job {job})\n```python\nprint(1 / 0)\n```"}]})
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-router-category"], r.headers["x-router-reason"]) == ("code", "keyword")
+    assert "x-router-score" not in r.headers  # no scores were computed
+    headers, _ = _ask(client, f"Who painted the ceiling of the Sistine Chapel? (job {job})", max_tokens=1)
+    assert headers["x-router-reason"] == "classified"
+    deadline = time.monotonic() + 60
+    while (after := _cache_texts(url))["miss"] < before["miss"] + 1 and time.monotonic() < deadline:
+        time.sleep(2)  # Ray exports metrics every few seconds
+    assert (after["miss"] - before["miss"], after["hit"] - before["hit"]) == (1, 0)
+
+
 def test_an_agent_loop_step_is_routed_from_the_embedding_cache(graph, router):
     # An agent re-sends its task at every step of its tool loop: the step's texts (the user's turns and their
     # pair) must come from the cache, routed exactly as the first time. A task of its own, never seen before.

@@ -110,6 +110,11 @@ class Decider:
                      switched, with_previous)
                 for text, switched, row, with_previous in zip(thread.texts, thread.switched, rows[:n], paired)]
 
+    def forced(self, thread: Thread) -> RoutingDecision | None:
+        """The decision when the last turn's keyword rules make it alone (a fenced code block): then nothing is
+        embedded, and the decision carries no score."""
+        return self.policy.forced(self.keywords.hits(thread.texts[-1])) if thread.texts else None
+
     def decide(self, thread: Thread, embeddings: np.ndarray) -> RoutingDecision:
         """The route for a request's thread and the unit-norm embeddings of all of ``thread.embedded``, without
         the system prompt's step (the offline tools)."""

@@ -93,6 +93,13 @@ class RoutingPolicy:
             return RoutingDecision(best, "classified", allowed[best])
         return RoutingDecision(self.default_route, "below_threshold", allowed[best])
 
+    def forced(self, hits: KeywordHits) -> RoutingDecision | None:
+        """The route a turn's keywords give it whatever its scores: the one route forced and not excluded
+        (several forced ones are told apart by their scores). A last turn's decides the conversation, so such a
+        request needs no embedding."""
+        forced = [r for r in self.thresholds if r in hits.forced and r not in hits.excluded]
+        return RoutingDecision(forced[0], "keyword") if len(forced) == 1 else None
+
     def decide(self, turns: Sequence[Turn]) -> RoutingDecision:
         """The route for a conversation's user turns, oldest first. Raises ``PairUnread`` where it needs a turn's
         ``with_previous`` that is still ``UNREAD``: the caller embeds it and asks again."""

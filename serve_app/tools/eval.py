@@ -61,6 +61,8 @@ class InProcessRouter:
         thread = self.decider.read(turns, system)
         if not thread.texts:
             return RoutingDecision(self.decider.default_route, "no_text")
+        if (forced := self.decider.forced(thread)) is not None:
+            return forced
         reading = self.decider.reading(thread, self.embed([thread.texts])[0])
         while (text := reading.next_text()) is not None:
             reading.add(self.embed([(text,)])[0][0])
