@@ -69,6 +69,15 @@ def test_eval_json_on_text_and_messages(data_file, shared_encoder, app_config, c
     assert any(line.startswith("accuracy 0.833") for line in out)  # the readable report comes first
 
 
+def test_eval_errors_list_each_misrouted_item_with_what_decided_it(data_file, shared_encoder, capsys):
+    assert eval_cli.main(["--data", str(data_file), "--config", str(SERVE_CONFIG), "--errors"]) == 0
+    out = capsys.readouterr().out
+    listed = out[out.index("misrouted: "):].strip().splitlines()
+    assert listed[0] == f"misrouted: 1 of {len(ITEMS)}"
+    [line] = listed[1:]
+    assert line.startswith("general -> math (classified 0.") and line.endswith(": Solve 2x + 3 = 11 for x")
+
+
 def test_eval_plot(data_file, shared_encoder, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "plots" / "confusion.png"

@@ -1,13 +1,14 @@
 """Evaluate the deployment's classifier on a labelled JSONL file.
 
     python -m serve_app.tools.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json]
-                                   [--plot FILE.png] [--model FOLDER] [--backend torch|onnx|openvino|auto]
-                                   [--max-seq-length N]
+                                   [--plot FILE.png] [--errors] [--model FOLDER]
+                                   [--backend torch|onnx|openvino|auto] [--max-seq-length N]
 
 Builds the same encoder and ``Decider`` from the same config as the classifier and ingress deployments,
 and reads each item the way the ingress reads a request (serve_app/tools/labelled.py), one query at a time,
 so the latency is what one request costs (without the hop between deployments). ``--model``, ``--backend``
 and ``--max-seq-length`` replace the config's ``classifier`` keys, to compare encoders and their backends.
+``--errors`` lists each misrouted item with what decided it: where to look when adding examples.
 With ``--json`` the last line of stdout is one JSON object: accuracy, macro_f1, per_class, confusion,
 latency_ms ({p50, p99}), n, decisions and encoder.
 """
@@ -76,6 +77,7 @@ class Evaluation:
     decisions: dict[str, int]  # by RoutingDecision.reason
     predicted: list[str]
     encoder: str  # which backend embedded, e.g. "onnx-int8"
+    routed: tuple[RoutingDecision, ...] = ()  # each item's decision, in the items' order
 
     def as_json(self) -> dict[str, Any]:
         return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.predicted),
@@ -85,17 +87,36 @@ class Evaluation:
 def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: Sequence[str],
              progress: bool = True) -> Evaluation:
     classifier.classify(items[0].texts, items[0].system)  # warm-up: the first call pays for lazy initialisation
-    predicted, latencies, reasons = [], [], Counter()
+    routed, latencies = [], []
     for item in tqdm(items, desc="classifying", unit="query", file=sys.stderr, disable=not progress):
         started = time.perf_counter()
-        decision = classifier.classify(item.texts, item.system)
+        routed.append(classifier.classify(item.texts, item.system))
         latencies.append((time.perf_counter() - started) * 1000)
-        predicted.append(decision.route)
-        reasons[decision.reason] += 1
+    predicted = [d.route for d in routed]
     p50, p99 = np.percentile(latencies, [50, 99])
     scores = classification_scores([i.label for i in items], predicted, order)
-    return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)}, dict(reasons), predicted,
-                      classifier.encoder.name)
+    return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)},
+                      dict(Counter(d.reason for d in routed)), predicted, classifier.encoder.name, tuple(routed))
+
+
+def format_errors(items: Sequence[LabelledItem], ev: Evaluation, width: int = 80) -> str:
+    """Each misrouted item: its id, its label -> the route (what decided, with its score), its last two turns
+    (and the system prompt, where it decided)."""
+    lines = []
+    for item, d in zip(items, ev.routed):
+        if d.route != item.label:
+            name = "" if item.key in item.texts else f"{item.key}  "
+            score = "" if d.score is None else f" {d.score:.2f}"
+            turns = " || ".join(_shortened(t, width) for t in item.texts[-2:])
+            if d.reason == "system":
+                turns += f" || system: {_shortened(item.system, width)}"
+            lines.append(f"{name}{item.label} -> {d.route} ({d.reason}{score}): {turns}")
+    return "\n".join([f"misrouted: {len(lines)} of {len(items)}", *lines])
+
+
+def _shortened(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def format_report(ev: Evaluation) -> str:
@@ -169,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(parser)
     parser.add_argument("--json", action="store_true", help="end stdout with one line of JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix to a PNG")
+    parser.add_argument("--errors", action="store_true", help="list the misrouted items and what decided each")
     parser.add_argument("--model", help="classifier.model to use instead of the config's (a fitted one, say)")
     parser.add_argument("--backend", choices=BACKENDS, help="classifier.backend to use instead of the config's")
     parser.add_argument("--max-seq-length", type=int, help="classifier.max_seq_length to use instead of the config's")
@@ -184,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     data = " + ".join(args.data)
     print(f"{data} (part {args.part}) with {args.config}, encoder {classifier.encoder.describe()}")
     print(format_report(ev))
+    if args.errors:
+        print("\n" + format_errors(items, ev))
     if args.plot:
         plot_confusion(ev.scores, args.plot, f"{' + '.join(Path(d).name for d in args.data)} ({args.part}): accuracy "
                        f"{ev.scores.accuracy:.3f}, macro-F1 {ev.scores.macro_f1:.3f}")
