@@ -75,9 +75,12 @@ class Evaluation:
     scores: Scores
     latency_ms: dict[str, float]
     decisions: dict[str, int]  # by RoutingDecision.reason
-    predicted: list[str]
+    routed: tuple[RoutingDecision, ...]  # each item's decision, in the items' order
     encoder: str  # which backend embedded, e.g. "onnx-int8"
-    routed: tuple[RoutingDecision, ...] = ()  # each item's decision, in the items' order
+
+    @property
+    def predicted(self) -> list[str]:
+        return [d.route for d in self.routed]
 
     def as_json(self) -> dict[str, Any]:
         return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.predicted),
@@ -92,11 +95,10 @@ def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: 
         started = time.perf_counter()
         routed.append(classifier.classify(item.texts, item.system))
         latencies.append((time.perf_counter() - started) * 1000)
-    predicted = [d.route for d in routed]
     p50, p99 = np.percentile(latencies, [50, 99])
-    scores = classification_scores([i.label for i in items], predicted, order)
+    scores = classification_scores([i.label for i in items], [d.route for d in routed], order)
     return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)},
-                      dict(Counter(d.reason for d in routed)), predicted, classifier.encoder.name, tuple(routed))
+                      dict(Counter(d.reason for d in routed)), tuple(routed), classifier.encoder.name)
 
 
 def format_errors(items: Sequence[LabelledItem], ev: Evaluation, width: int = 80) -> str:
