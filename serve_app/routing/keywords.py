@@ -26,6 +26,11 @@ class KeywordHits:
     forced: frozenset[str] = frozenset()
     excluded: frozenset[str] = frozenset()
 
+    @property
+    def forced_not_excluded(self) -> frozenset[str]:
+        """The routes a keyword can send the turn to: an exclude rule outweighs a force rule."""
+        return self.forced - self.excluded
+
 
 NO_HITS = KeywordHits()
 

@@ -82,7 +82,7 @@ class RoutingPolicy:
     def alone(self, turn: Turn) -> RoutingDecision:
         """One turn by itself: a forced route, else the best-scoring one if it clears its threshold, else default."""
         allowed = {r: s for r, s in turn.scores.items() if r not in turn.hits.excluded}
-        forced = [r for r in allowed if r in turn.hits.forced]
+        forced = [r for r in allowed if r in turn.hits.forced_not_excluded]
         if forced:
             best = max(forced, key=allowed.__getitem__)
             return RoutingDecision(best, "keyword", allowed[best])
@@ -97,7 +97,7 @@ class RoutingPolicy:
         """The route a turn's keywords give it whatever its scores: the one route forced and not excluded
         (several forced ones are told apart by their scores). A last turn's decides the conversation, so such a
         request needs no embedding."""
-        forced = [r for r in self.thresholds if r in hits.forced and r not in hits.excluded]
+        forced = [r for r in self.thresholds if r in hits.forced_not_excluded]
         return RoutingDecision(forced[0], "keyword") if len(forced) == 1 else None
 
     def decide(self, turns: Sequence[Turn]) -> RoutingDecision:

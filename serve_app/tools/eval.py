@@ -78,12 +78,8 @@ class Evaluation:
     routed: tuple[RoutingDecision, ...]  # each item's decision, in the items' order
     encoder: str  # which backend embedded, e.g. "onnx-int8"
 
-    @property
-    def predicted(self) -> list[str]:
-        return [d.route for d in self.routed]
-
     def as_json(self) -> dict[str, Any]:
-        return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.predicted),
+        return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.routed),
                 "decisions": self.decisions, "encoder": self.encoder}
 
 
@@ -124,7 +120,7 @@ def _shortened(text: str, width: int) -> str:
 def format_report(ev: Evaluation) -> str:
     s = ev.scores
     width = max(8, *(len(lab) for lab in s.labels))
-    lines = [f"accuracy {s.accuracy:.3f}   macro-F1 {s.macro_f1:.3f}   ({len(ev.predicted)} items)", "",
+    lines = [f"accuracy {s.accuracy:.3f}   macro-F1 {s.macro_f1:.3f}   ({len(ev.routed)} items)", "",
              f"{'class':<{width}}  precision  recall     f1  support"]
     for lab, c in s.per_class.items():
         lines.append(f"{lab:<{width}}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:5.3f}  {c.support:7d}")
