@@ -5,7 +5,8 @@ LLM entry of serve_config.yaml, on loopback), so what is measured is the router 
 and latency p50/p99 at 1, 8, 32 and 128 clients, non-streamed chat completions with real queries from the
 development set (code, math and general mixed). Our router then gets the overhead test: the same streamed
 requests sent with `model: auto` and with their route named, interleaved, time to first byte at 1 and 8
-clients.
+clients, and once more with requests arriving at half its best req/s (open loop, `--offered-load`): a load
+it carries, where what `auto` adds is not stretched by a queue for saturated cores.
 
 kvcached's example is `examples/09_semantic_router/semantic_router.py` of pull request #229 of
 ovg-project/kvcached (commit d0119b0a, file sha256 2281537d...; both are recorded in the results). Get it
@@ -78,6 +79,8 @@ BASE = "http://127.0.0.1:8000"
 QUERIES = ROOT / "data" / "dev.jsonl"  # the development set, as the tests find it
 CLIENTS = (1, 8, 32, 128)
 OVERHEAD_CLIENTS = (1, 8)
+OFFERED_LOAD = 0.5  # the open-loop overhead test's arrival rate, as a share of the router's best req/s
+OFFERED_CONNECTIONS = 32  # connections the open-loop test keeps (at half load a few are busy at once)
 MAX_TOKENS = 8  # the stubs answer at once whatever the length; a short answer keeps the relay out of the measure
 REQUEST_TIMEOUT_S = 300  # kvcached's example embeds one query at a time: at 128 clients a request waits seconds
 WARMUP = 32  # requests at 8 clients before the first level, not counted
@@ -326,13 +329,60 @@ async def overhead_level(url: str, queries: list[Query], clients: int, pairs: in
                     errors[f"{kind}: {exc}"[:80]] += 1
 
     await run_users(url, clients, user)
-    result: dict[str, Any] = {"clients": clients, "pairs": min(len(v) for v in ttfb.values()),
-                              "errors": sum(errors.values()), "error_kinds": dict(errors)}
+    return {"clients": clients, **overhead_summary(ttfb, errors)}
+
+
+def overhead_summary(ttfb: dict[str, list[float]], errors: Counter[str]) -> dict[str, Any]:
+    """p50/p99 time to first byte of `auto` and of named requests, and what `auto` adds at p50."""
+    result: dict[str, Any] = {"pairs": min(len(v) for v in ttfb.values()), "errors": sum(errors.values()),
+                              "error_kinds": dict(errors)}
     for kind, values in ttfb.items():
         result[f"{kind}_p50_ms"], result[f"{kind}_p99_ms"] = percentile(values, 50), percentile(values, 99)
     if ttfb["auto"] and ttfb["named"]:
         result["added_p50_ms"] = round(result["auto_p50_ms"] - result["named_p50_ms"], 1)
     return result
+
+
+async def offered_load_level(url: str, queries: list[Query], rate: float, pairs: int, limit_s: float
+                             ) -> dict[str, Any]:
+    """The overhead test at a load the router carries: requests arrive at ``rate`` a second (Poisson, open
+    loop), each query twice in a row, as `auto` and to its route by name in alternating order.
+
+    A closed loop of clients with no pause between requests keeps the cores saturated at any speed of the
+    router, so there every millisecond of CPU that `auto` adds is stretched by the queue for the cores; below
+    saturation it is what a request pays."""
+    ttfb: dict[str, list[float]] = {"auto": [], "named": []}
+    errors: Counter[str] = Counter()
+    arrivals = random.Random(0)
+    async with AsyncExitStack() as stack:
+        idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        for _ in range(OFFERED_CONNECTIONS):  # one keep-alive connection each, as in run_users
+            idle.put_nowait(await stack.enter_async_context(httpx.AsyncClient(
+                base_url=url, timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=1), verify=False)))
+
+        async def send(query: Query, model: str) -> None:
+            kind = "auto" if model == "auto" else "named"
+            client = await idle.get()
+            try:
+                ttfb[kind].append(await first_byte(client, chat_body(query, model, stream=True)))
+            except httpx.HTTPError as exc:
+                errors[f"{kind}: {exc}"[:80]] += 1
+            finally:
+                idle.put_nowait(client)
+
+        sent: list[asyncio.Task[None]] = []
+        started = time.perf_counter()
+        due = started
+        for i in range(2 * pairs):
+            query = queries[i // 2 % len(queries)]
+            model = ("auto", query.label)[(i + i // 2) % 2]  # auto first in every other pair
+            due += arrivals.expovariate(rate)
+            if due - started > limit_s:
+                break
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            sent.append(asyncio.create_task(send(query, model)))
+        await asyncio.gather(*sent)
+    return {"offered_req_s": round(rate, 1), **overhead_summary(ttfb, errors)}
 
 
 # ---- one router, measured ----------------------------------------------------------------------------------
@@ -400,6 +450,11 @@ def measure(name: str, start: Callable[[], Any], backends: dict[str, Stub], quer
             if overhead:
                 result["overhead"] = [asyncio.run(overhead_level(url, queries, c, args.pairs, args.level_seconds))
                                       for c in OVERHEAD_CLIENTS]
+                capacity = max((lv["req_s"] for lv in result["levels"]), default=0)
+                if capacity and args.offered_load:
+                    result["overhead_offered"] = asyncio.run(offered_load_level(
+                        url, queries, args.offered_load * capacity, args.pairs, args.level_seconds))
+                    result["overhead_offered"]["of_capacity"] = args.offered_load
                 stats = httpx.get(f"{url}/stats", timeout=10).json()
                 result["classifier_ms"] = stats.get("classifier_ms")
             return result
@@ -444,6 +499,9 @@ def targets(kvc: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     at_8 = next((o for o in ours.get("overhead", []) if o["clients"] == 8), None)
     if at_8 and "added_p50_ms" in at_8:
         found["auto_added_ttfb_p50_ms_at_8"] = at_8["added_p50_ms"]
+    offered = ours.get("overhead_offered", {})
+    if "added_p50_ms" in offered:  # not the issue's target: what `auto` adds below saturation
+        found["auto_added_ttfb_p50_ms_at_offered_load"] = offered["added_p50_ms"]
     return found
 
 
@@ -462,6 +520,10 @@ def print_table(result: dict[str, Any]) -> None:
         for o in result.get(name, {}).get("overhead", []):
             print(f"{name}: TTFB at {o['clients']} clients: auto p50/p99 {o['auto_p50_ms']}/{o['auto_p99_ms']} ms, "
                   f"named {o['named_p50_ms']}/{o['named_p99_ms']} ms, added p50 {o.get('added_p50_ms')} ms")
+        if o := result.get(name, {}).get("overhead_offered"):
+            print(f"{name}: TTFB at {o['offered_req_s']} req/s offered ({o['of_capacity']:.0%} of its best, open "
+                  f"loop): auto p50/p99 {o['auto_p50_ms']}/{o['auto_p99_ms']} ms, named {o['named_p50_ms']}/"
+                  f"{o['named_p99_ms']} ms, added p50 {o.get('added_p50_ms')} ms")
     for name in names:
         if "error" in result[name]:
             print(f"{name}: not measured ({result[name]['error'][:200]})")
@@ -478,6 +540,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--requests", type=int, default=400, help="requests per client count (at most)")
     parser.add_argument("--pairs", type=int, default=200, help="auto/named pairs per client count, overhead test")
+    parser.add_argument("--offered-load", type=float, default=OFFERED_LOAD,
+                        help="the overhead test again with requests arriving at this share of our best req/s "
+                             "(open loop; 0: not run)")
     parser.add_argument("--level-seconds", type=float, default=60, help="stop sending after this long per level")
     parser.add_argument("--retries", type=int, default=2, help="re-measure a client count others disturbed")
     parser.add_argument("--queries", type=Path, default=QUERIES)
@@ -492,7 +557,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": facts(),
         "settings": {"clients": args.clients, "requests_per_level": args.requests, "level_seconds": args.level_seconds,
                      "overhead_pairs": args.pairs, "retries": args.retries,
-                     "disturbed_above": DISTURBED, "overhead_clients": list(OVERHEAD_CLIENTS), "max_tokens": MAX_TOKENS,
+                     "disturbed_above": DISTURBED, "overhead_clients": list(OVERHEAD_CLIENTS),
+                     "offered_load": args.offered_load, "max_tokens": MAX_TOKENS,
                      "queries": _shown(args.queries), "query_labels": dict(Counter(q.label for q in queries)),
                      "backends": "harness/openai_stub.py, one process per LLM entry, loopback"}}
     shipped = load_yaml(ROOT / "serve_config.yaml")
