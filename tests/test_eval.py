@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
 import pytest
+import yaml
 
+from serve_app.config.file import routing_block
 from serve_app.tools import eval as eval_cli
-from serve_app.tools.accuracy import classification_scores
+from serve_app.tools.accuracy import classification_scores, macro_f1_interval
 from serve_app.tools.eval import InProcessRouter
 from serve_app.tools.labelled import LabelledDataError, load_labelled, part_of
 from tests.conftest import DEV_SET, SERVE_CONFIG
@@ -66,6 +69,8 @@ def test_eval_json_on_text_and_messages(data_file, shared_encoder, app_config, c
     assert {k: v["support"] for k, v in result["per_class"].items()} == {"code": 2, "math": 2, "general": 2}
     assert result["per_class"]["general"]["recall"] == pytest.approx(0.5)
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert result["macro_f1_interval"] == pytest.approx(list(macro_f1_interval(truth, predicted, ["code", "math",
+                                                                                                  "general"])))
     assert any(line.startswith("accuracy 0.833") for line in out)  # the readable report comes first
 
 
@@ -76,6 +81,28 @@ def test_eval_errors_list_each_misrouted_item_with_what_decided_it(data_file, sh
     assert listed[0] == f"misrouted: 1 of {len(ITEMS)}"
     [line] = listed[1:]
     assert line.startswith("general -> math (classified 0.") and line.endswith(": Solve 2x + 3 = 11 for x")
+
+
+def test_eval_against_a_baseline_config(data_file, shared_encoder, serve_config, tmp_path, capsys):
+    # The baseline sends nothing to math (a threshold no text reaches): the two maths items go to general,
+    # and so does the one labelled general that the shipped config sends to math.
+    config = copy.deepcopy(serve_config)
+    next(r for r in routing_block(config["applications"][0])["routes"] if r["name"] == "math")["threshold"] = 1.0
+    baseline = tmp_path / "no_math.yaml"
+    baseline.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = ["--data", str(data_file), "--config", str(SERVE_CONFIG), "--json"]
+    assert eval_cli.main([*argv, "--baseline", str(baseline)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    found = json.loads(out[-1])["baseline"]
+    assert (found["right_only_here"], found["right_only_baseline"]) == (2, 1)
+    assert found["difference"] == pytest.approx(json.loads(out[-1])["macro_f1"] - found["macro_f1"])
+    low, high = found["difference_interval"]
+    assert low <= found["difference"] <= high
+    assert any(line.startswith(f"against {baseline}: macro-F1") for line in out)
+
+    assert eval_cli.main([*argv, "--baseline", str(SERVE_CONFIG)]) == 0  # itself: no difference at all
+    same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["baseline"]
+    assert (same["difference"], same["difference_interval"], same["right_only_here"]) == (0, [0, 0], 0)
 
 
 def test_eval_plot(data_file, shared_encoder, tmp_path, capsys):
@@ -98,6 +125,18 @@ def test_metrics_match_scikit_learn():
     for i, label in enumerate(s.labels):
         c = s.per_class[label]
         assert (c.precision, c.recall, c.f1, c.support) == pytest.approx((p[i], r[i], f[i], n[i]))
+
+
+def test_macro_f1_interval_says_how_far_a_set_of_this_size_can_move():
+    rng = random.Random(3)
+    truth = [rng.choice(["code", "math", "general"]) for _ in range(400)]
+    predicted = [t if rng.random() < 0.94 else "general" for t in truth]
+    point = classification_scores(truth, predicted).macro_f1
+    low, high = macro_f1_interval(truth, predicted)
+    assert low < point < high and (low, high) == macro_f1_interval(truth, predicted)  # seeded: same report twice
+    few_low, few_high = macro_f1_interval(truth[:100], predicted[:100])
+    assert few_high - few_low > high - low  # a quarter of the items: a wider range
+    assert macro_f1_interval(truth, truth) == (1.0, 1.0)  # nothing wrong in any resample
 
 
 def test_split_is_deterministic_disjoint_and_about_half():

@@ -3,14 +3,17 @@
     python -m serve_app.tools.eval --data FILE.jsonl [--config serve_config.yaml] [--part holdout] [--json]
                                    [--plot FILE.png] [--errors] [--model FOLDER]
                                    [--backend torch|onnx|openvino|auto] [--max-seq-length N]
+                                   [--baseline CONFIG]
 
 Builds the same encoder and ``Decider`` from the same config as the classifier and ingress deployments,
 and reads each item the way the ingress reads a request (serve_app/tools/labelled.py), one query at a time,
 so the latency is what one request costs (without the hop between deployments). ``--model``, ``--backend``
 and ``--max-seq-length`` replace the config's ``classifier`` keys, to compare encoders and their backends.
 ``--errors`` lists each misrouted item with what decided it: where to look when adding examples.
-With ``--json`` the last line of stdout is one JSON object: accuracy, macro_f1, per_class, confusion,
-latency_ms ({p50, p99}), n, decisions and encoder.
+``--baseline`` evaluates another config file on the same items and says whether the difference is one these
+items show or the luck of a few of them (a paired bootstrap of macro-F1, and the items each gets right alone).
+With ``--json`` the last line of stdout is one JSON object: accuracy, macro_f1, macro_f1_interval, per_class,
+confusion, latency_ms ({p50, p99}), n, decisions and encoder (and ``baseline`` with ``--baseline``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from serve_app.config.schema import AppConfig, ClassifierConfig
 from serve_app.routing.decider import Decider, examples_of
 from serve_app.routing.encoder import BACKENDS, embed_queries, encode, load_encoder
 from serve_app.routing.policy import RoutingDecision
-from serve_app.tools.accuracy import Scores, classification_scores
+from serve_app.tools.accuracy import Scores, classification_scores, macro_f1_difference_interval, macro_f1_interval
 from serve_app.tools.labelled import PARTS, LabelledItem, load_labelled
 
 
@@ -77,10 +80,12 @@ class Evaluation:
     decisions: dict[str, int]  # by RoutingDecision.reason
     routed: tuple[RoutingDecision, ...]  # each item's decision, in the items' order
     encoder: str  # which backend embedded, e.g. "onnx-int8"
+    macro_f1_interval: tuple[float, float]  # 95 %, the items resampled (accuracy.macro_f1_interval)
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.scores.as_json(), "latency_ms": self.latency_ms, "n": len(self.routed),
-                "decisions": self.decisions, "encoder": self.encoder}
+        return {**self.scores.as_json(), "macro_f1_interval": list(self.macro_f1_interval),
+                "latency_ms": self.latency_ms, "n": len(self.routed), "decisions": self.decisions,
+                "encoder": self.encoder}
 
 
 def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: Sequence[str],
@@ -92,9 +97,11 @@ def evaluate(classifier: InProcessRouter, items: Sequence[LabelledItem], order: 
         routed.append(classifier.classify(item.texts, item.system))
         latencies.append((time.perf_counter() - started) * 1000)
     p50, p99 = np.percentile(latencies, [50, 99])
-    scores = classification_scores([i.label for i in items], [d.route for d in routed], order)
-    return Evaluation(scores, {"p50": round(float(p50), 2), "p99": round(float(p99), 2)},
-                      dict(Counter(d.reason for d in routed)), tuple(routed), classifier.encoder.name)
+    truth, predicted = [i.label for i in items], [d.route for d in routed]
+    return Evaluation(classification_scores(truth, predicted, order),
+                      {"p50": round(float(p50), 2), "p99": round(float(p99), 2)},
+                      dict(Counter(d.reason for d in routed)), tuple(routed), classifier.encoder.name,
+                      macro_f1_interval(truth, predicted, order))
 
 
 def format_errors(items: Sequence[LabelledItem], ev: Evaluation, width: int = 80) -> str:
@@ -112,6 +119,29 @@ def format_errors(items: Sequence[LabelledItem], ev: Evaluation, width: int = 80
     return "\n".join([f"misrouted: {len(lines)} of {len(items)}", *lines])
 
 
+def compare(items: Sequence[LabelledItem], baseline: Evaluation, ev: Evaluation, order: Sequence[str]
+            ) -> dict[str, Any]:
+    """``ev`` against ``baseline`` on the same items: the macro-F1 difference with its paired interval, and
+    how many items each routes right that the other does not."""
+    truth = [i.label for i in items]
+    mine, theirs = [d.route for d in ev.routed], [d.route for d in baseline.routed]
+    low, high = macro_f1_difference_interval(truth, theirs, mine, order)
+    return {"macro_f1": baseline.scores.macro_f1, "difference": ev.scores.macro_f1 - baseline.scores.macro_f1,
+            "difference_interval": [low, high],
+            "right_only_here": sum(m == t != o for t, m, o in zip(truth, mine, theirs)),
+            "right_only_baseline": sum(o == t != m for t, m, o in zip(truth, mine, theirs))}
+
+
+def format_comparison(name: str, found: dict[str, Any], macro_f1: float) -> str:
+    low, high = found["difference_interval"]
+    verdict = ("better on these items" if low > 0 else "worse on these items" if high < 0
+               else "not told apart by these items")
+    return (f"against {name}: macro-F1 {found['macro_f1']:.3f} -> {macro_f1:.3f}, {found['difference']:+.3f} "
+            f"(95 % interval {low:+.3f} to {high:+.3f}, paired bootstrap): {verdict}\n"
+            f"items right here only: {found['right_only_here']}, right with {name} only: "
+            f"{found['right_only_baseline']}")
+
+
 def _shortened(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -120,7 +150,9 @@ def _shortened(text: str, width: int) -> str:
 def format_report(ev: Evaluation) -> str:
     s = ev.scores
     width = max(8, *(len(lab) for lab in s.labels))
-    lines = [f"accuracy {s.accuracy:.3f}   macro-F1 {s.macro_f1:.3f}   ({len(ev.routed)} items)", "",
+    low, high = ev.macro_f1_interval
+    lines = [f"accuracy {s.accuracy:.3f}   macro-F1 {s.macro_f1:.3f}   ({len(ev.routed)} items)",
+             f"macro-F1 95 % interval {low:.3f}-{high:.3f} (bootstrap: these items resampled)", "",
              f"{'class':<{width}}  precision  recall     f1  support"]
     for lab, c in s.per_class.items():
         lines.append(f"{lab:<{width}}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:5.3f}  {c.support:7d}")
@@ -192,18 +224,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="classifier.model to use instead of the config's (a fitted one, say)")
     parser.add_argument("--backend", choices=BACKENDS, help="classifier.backend to use instead of the config's")
     parser.add_argument("--max-seq-length", type=int, help="classifier.max_seq_length to use instead of the config's")
+    parser.add_argument("--baseline", metavar="CONFIG",
+                        help="another config file, as it stands, on the same items: is the difference real?")
     args = parser.parse_args(argv)
     try:
         config, items = load_inputs(args)
         config = with_classifier(config, model=args.model, backend=args.backend, max_seq_length=args.max_seq_length)
+        baseline = load_app_config(args.baseline) if args.baseline else None
     except (OSError, ValueError) as exc:  # a missing file, a bad line or config: one readable line
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     classifier = InProcessRouter.from_config(config)
-    ev = evaluate(classifier, items, [r.name for r in config.routing.routes])
+    order = [r.name for r in config.routing.routes]
+    ev = evaluate(classifier, items, order)
     data = " + ".join(args.data)
     print(f"{data} (part {args.part}) with {args.config}, encoder {classifier.encoder.describe()}")
     print(format_report(ev))
+    compared: dict[str, Any] = {}
+    if baseline is not None:
+        # The same items read as that config reads them (its context_turns), in the same order.
+        theirs = [i for path in args.data for i in load_labelled(path, baseline.routing.context_turns, args.part)]
+        baseline_ev = evaluate(InProcessRouter.from_config(baseline), theirs, order)
+        compared = {"config": args.baseline} | compare(items, baseline_ev, ev, order)
+        print("\n" + format_comparison(args.baseline, compared, ev.scores.macro_f1))
     if args.errors:
         print("\n" + format_errors(items, ev))
     if args.plot:
@@ -211,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{ev.scores.accuracy:.3f}, macro-F1 {ev.scores.macro_f1:.3f}")
         print(f"confusion matrix: {args.plot}")
     if args.json:
-        print(json.dumps(ev.as_json()))
+        print(json.dumps(ev.as_json() | ({"baseline": compared} if compared else {})))
     return 0
 
 
