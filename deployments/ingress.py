@@ -236,22 +236,21 @@ class Ingress:
     async def _classify(self, routing: Routing, turns: tuple[str, ...], system: str
                         ) -> tuple[RoutingDecision, float | None]:
         started = time.perf_counter()
-        decider, timeout = routing.decider, routing.config.classifier_timeout_s
-        thread = decider.read(turns, system)
-        if not thread.texts:
-            return RoutingDecision(decider.default_route, "no_text"), None
-        if (forced := decider.forced(thread)) is not None:  # a keyword decides: no classifier call
-            return forced, None
+        decider = routing.decider
+        deadline = started + routing.config.classifier_timeout_s
+        reading = decider.start(turns, system)
         try:
-            deadline = started + timeout
-            reading = decider.reading(thread, await self.classifier.embed(thread.texts, timeout))
-            while (text := reading.next_text()) is not None:  # a turn's pair, the system prompt: rarely needed
-                reading.add((await self.classifier.embed((text,), deadline - time.perf_counter()))[0])
-            decision = reading.decision
+            # The turns; rarely then a turn's pair or the system prompt. None at all where there is no text or
+            # a keyword decides alone.
+            while (texts := reading.next_texts()) is not None:
+                reading.add(await self.classifier.embed(texts, deadline - time.perf_counter()))
         except Exception as exc:
             # A request is never lost to the classifier: the default route answers it.
             logger.warning("Classifier failed (%s); the default route answers", type(exc).__name__)
             return RoutingDecision(decider.default_route, "classifier_error"), None
+        decision = reading.decision
+        if not reading.embedded:  # no classifier call: no classification time, no score
+            return decision, None
         ms = ms_since(started)
         self.classify_latency.observe(ms)
         if decision.score is not None:

@@ -82,6 +82,8 @@ def test_a_request_a_keyword_decides_is_not_embedded_and_routes_as_if_it_were(cl
     counting = InProcessRouter(_Counting(classifier.encoder, embedded), decider)
     assert counting.classify(("Solve x^2 = 4", fenced)) == RoutingDecision("code", "keyword")
     assert embedded == []
+    reading = decider.start(("Solve x^2 = 4", fenced))  # what the Ingress reads: no classifier call, no time
+    assert (reading.next_texts(), reading.embedded, reading.decision.reason) == (None, 0, "keyword")
     counting.classify(("Why does this fail?",))
     assert embedded  # the same router embeds a request no keyword decides
 
@@ -161,20 +163,22 @@ def test_a_reformatting_turn_is_read_with_the_turn_before_it(classifier):
 
 
 def test_a_request_embeds_a_turns_pair_only_where_the_decision_needs_it(classifier):
-    # The serving path (Decider.reading) embeds the turns, then only the pairs the policy asks for; the offline
+    # The serving path (Decider.start) embeds the turns, then only the pairs the policy asks for; the offline
     # tools embed every pair at once. Same decisions either way.
     decider = classifier.decider
 
     def asked(turns: tuple[str, ...]) -> tuple[list[str], Any]:
         thread = decider.read(turns)
-        reading, texts = decider.reading(thread, classifier.embed([thread.texts])[0]), []
-        while (text := reading.next_text()) is not None:
-            texts.append(text)
-            reading.add(classifier.embed([(text,)])[0][0])
+        reading, asks = decider.start(turns), []
+        while (texts := reading.next_texts()) is not None:
+            asks.append(texts)
+            reading.add(classifier.embed([texts])[0])
         eager = decider.decide(thread, classifier.embed([thread.embedded])[0])
         assert (reading.decision.route, reading.decision.reason) == (eager.route, eager.reason)
         assert reading.decision.score == pytest.approx(eager.score, abs=1e-3)
-        return texts, reading.decision
+        assert asks[0] == thread.texts and all(len(texts) == 1 for texts in asks[1:])  # the turns, then one by one
+        assert reading.embedded == sum(map(len, asks))
+        return [text for texts in asks[1:] for text in texts], reading.decision
 
     rivers = ("What are the five longest rivers in the world?", "sort them ascending by length")
     texts, decision = asked(rivers)

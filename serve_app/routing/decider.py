@@ -5,12 +5,12 @@ LLM answers each route, serve_app/dispatch/routes.py) and swaps both in one assi
 decided by exactly one block from start to end. The offline tools (eval, calibrate) build the very same
 one, with the examples embedded in-process by the same model, and need nothing about the LLMs.
 
-Embedding happens between the steps (the classifier's, in the ingress or its own deployment, or the tools'
-in-process): ``read`` turns the user's turns into the texts to embed; a ``Reading`` then takes the turns'
-embeddings and asks, one text at a time, for what else the decision needs: a turn read with the one before it,
-only where that turn may move the conversation elsewhere, and the system prompt, only where the turns leave the
-request below every threshold. Most requests need neither, so a request embeds its turns and nothing more.
-The offline tools that score many settings at once embed everything in one call (``Thread.embedded``) and
+Embedding happens between the steps (the classifier's, in the ingress or its own deployment, or the eval
+tool's in-process): ``start`` reads the user's turns and returns a ``Reading``, which asks for the texts it
+needs embedded and nothing else: none where there is no text or a keyword decides, then the turns, then a turn
+read with the one before it, only where that turn may move the conversation elsewhere, and the system prompt,
+only where the turns leave the request below every threshold. Most requests need only their turns. The
+offline tools that score many settings at once embed everything in one call (``Thread.embedded``) and
 ``decide`` on all of it: the same decision.
 """
 
@@ -122,10 +122,10 @@ class Decider:
             return RoutingDecision(self.default_route, "no_text")
         return self.policy.decide(self.turns(thread, embeddings))
 
-    def reading(self, thread: Thread, turn_embeddings: np.ndarray) -> Reading:
-        """The decision for ``thread`` from its turns' unit-norm embeddings (rows of ``thread.texts``), asking for
-        more texts only where it needs them (the serving path)."""
-        return Reading(self, thread, self.turns(thread, turn_embeddings))
+    def start(self, turns: Sequence[str], system: str = "") -> Reading:
+        """The decision for a request's user turns (oldest first) and system prompt, asking for embeddings only
+        where it needs them: the serving path, and the eval tool's (the same sequence, so eval measures it)."""
+        return Reading(self, self.read(turns, system))
 
     def system_to_read(self, thread: Thread, decision: RoutingDecision) -> str | None:
         """The system prompt to embed next, when the user's turns left the request below every threshold. A
@@ -148,56 +148,68 @@ class Decider:
 class Reading:
     """One request's decision, made with as few embeddings as it needs::
 
-        reading = decider.reading(thread, embed(thread.texts))
-        while (text := reading.next_text()) is not None:
-            reading.add(embed([text])[0])
+        reading = decider.start(turns, system)
+        while (texts := reading.next_texts()) is not None:
+            reading.add(embed(texts))  # one unit-norm row per text
         reading.decision
 
-    ``next_text`` names a later turn read with the one before it, where the policy weighs moving the
-    conversation to that turn's route, and then the system prompt, where the turns leave the request below
-    every threshold. A thread whose turns agree (or one turn alone) asks for nothing more.
+    ``next_texts`` asks for nothing where there is no text or a keyword decides alone (a fenced code block),
+    then for the turns, then one text at a time: a later turn read with the one before it, where the policy
+    weighs moving the conversation to that turn's route, and the system prompt, where the turns leave the
+    request below every threshold. A thread whose turns agree (or one turn alone) asks for its turns only.
     """
 
-    def __init__(self, decider: Decider, thread: Thread, turns: list[Turn]) -> None:
-        self._decider, self._thread, self._turns = decider, thread, turns
-        self._asked: int | str | None = None  # the pair's turn index, or "system"
-        self._decision: RoutingDecision | None = None
+    def __init__(self, decider: Decider, thread: Thread) -> None:
+        self._decider, self._thread = decider, thread
+        self._turns: list[Turn] = []
+        self._asked: int | str | None = None  # "turns", a pair's turn index, or "system"
+        self._decision = (RoutingDecision(decider.default_route, "no_text") if not thread.texts
+                          else decider.forced(thread))
         self._system_read = False
-        self._done = False
+        self._done = self._decision is not None
+        self.embedded = 0  # texts embedded so far: none means the classifier was not called
+        if not self._done:
+            self._asked = "turns"
 
     @property
     def decision(self) -> RoutingDecision:
         if not self._done or self._decision is None:
-            raise RuntimeError("the decision is not made yet: embed each of next_text() and add() it until None")
+            raise RuntimeError("the decision is not made yet: embed each of next_texts() and add() it until None")
         return self._decision
 
-    def next_text(self) -> str | None:
-        """The next text to embed and ``add``, or None when the decision is made."""
+    def next_texts(self) -> tuple[str, ...] | None:
+        """The texts to embed next and ``add``, or None when the decision is made."""
+        if self._done:
+            return None
         if self._asked is not None:
-            return self._asked_text()
+            return self._asked_texts()
         if self._decision is None:
             try:
-                self._decision = self._decider.policy.decide(self._turns)  # no turns: no_text
+                self._decision = self._decider.policy.decide(self._turns)
             except PairUnread as unread:
                 self._asked = unread.index
-                return self._asked_text()
+                return self._asked_texts()
         if not self._system_read and self._decider.system_to_read(self._thread, self._decision) is not None:
             self._asked = "system"
-            return self._thread.system
+            return (self._thread.system,)
         self._done = True
         return None
 
-    def add(self, embedding: np.ndarray) -> None:
-        """The unit-norm embedding of the text ``next_text`` named."""
-        if self._asked == "system":
-            self._decision = self._decider.decide_with_system(self._decision, embedding)
+    def add(self, embeddings: np.ndarray) -> None:
+        """The unit-norm embeddings of the texts ``next_texts`` named, one row each."""
+        asked, self._asked = self._asked, None
+        if asked == "turns":
+            self._turns = self._decider.turns(self._thread, embeddings)
+        elif asked == "system":
+            self._decision = self._decider.decide_with_system(self._decision, embeddings[0])
             self._system_read = True
-        elif isinstance(self._asked, int):
-            i = self._asked
-            self._turns[i] = replace(self._turns[i], with_previous=self._decider.scores_of(embedding))
+        elif isinstance(asked, int):
+            self._turns[asked] = replace(self._turns[asked], with_previous=self._decider.scores_of(embeddings[0]))
         else:
             raise RuntimeError("no text was asked for")
-        self._asked = None
+        self.embedded += len(embeddings)
 
-    def _asked_text(self) -> str:
-        return self._thread.system if self._asked == "system" else self._thread.paired[self._asked - 1]
+    def _asked_texts(self) -> tuple[str, ...]:
+        if self._asked == "turns":
+            return self._thread.texts
+        return (self._thread.system,) if self._asked == "system" else (self._thread.paired[self._asked - 1],)

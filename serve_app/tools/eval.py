@@ -60,16 +60,11 @@ class InProcessRouter:
         return embed_queries(self.encoder, queries)
 
     def classify(self, turns: Sequence[str], system: str = "") -> RoutingDecision:
-        """A request's user turns (oldest first) and system prompt as the ingress decides them, the embedding
-        in-process."""
-        thread = self.decider.read(turns, system)
-        if not thread.texts:
-            return RoutingDecision(self.decider.default_route, "no_text")
-        if (forced := self.decider.forced(thread)) is not None:
-            return forced
-        reading = self.decider.reading(thread, self.embed([thread.texts])[0])
-        while (text := reading.next_text()) is not None:
-            reading.add(self.embed([(text,)])[0][0])
+        """A request's user turns (oldest first) and system prompt as the ingress decides them (the same
+        ``Decider.start`` sequence), the embedding in-process."""
+        reading = self.decider.start(turns, system)
+        while (texts := reading.next_texts()) is not None:
+            reading.add(self.embed([texts])[0])
         return reading.decision
 
 
