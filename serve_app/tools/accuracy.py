@@ -1,9 +1,9 @@
 """Classification metrics for the router: accuracy, macro-F1, per-class scores, confusion matrix, and the
 interval a macro-F1 measured on a few hundred items carries.
 
-Plain Python, so the offline tools need no scikit-learn; macro-F1 averages over every label that
-occurs in the truth or the predictions (scikit-learn's default), and a class never predicted has
-precision 0.
+Plain Python, so the offline tools need no scikit-learn (the intervals are scipy's bootstrap); macro-F1
+averages over every label that occurs in the truth or the predictions (scikit-learn's default), and a class
+never predicted has precision 0.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ def classification_scores(truth: Sequence[str], predicted: Sequence[str], order:
     accuracy = sum(pairs[lab, lab] for lab in labels) / len(truth)
     macro_f1 = sum(c.f1 for c in per_class.values()) / len(labels)
     return Scores(labels, accuracy, macro_f1, per_class, confusion)
-
 
 
 def macro_f1_interval(truth: Sequence[str], predicted: Sequence[str], order: Sequence[str] = (),
