@@ -137,6 +137,7 @@ def test_macro_f1_interval_says_how_far_a_set_of_this_size_can_move():
     few_low, few_high = macro_f1_interval(truth[:100], predicted[:100])
     assert few_high - few_low > high - low  # a quarter of the items: a wider range
     assert macro_f1_interval(truth, truth) == (1.0, 1.0)  # nothing wrong in any resample
+    assert macro_f1_interval(["code"], ["code"]) == (0.0, 1.0)  # one item says nothing about the range
 
 
 def test_split_is_deterministic_disjoint_and_about_half():

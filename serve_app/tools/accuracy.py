@@ -67,7 +67,7 @@ def macro_f1_interval(truth: Sequence[str], predicted: Sequence[str], order: Seq
     same items with ``macro_f1_difference_interval``."""
     truth_a, predicted_a = np.asarray(truth), np.asarray(predicted)
     return _bootstrap(len(truth_a), lambda rows: _macro_f1(truth_a, predicted_a, rows, order),
-                      confidence, resamples, seed)
+                      confidence, resamples, seed, (0.0, 1.0))
 
 
 def macro_f1_difference_interval(truth: Sequence[str], baseline: Sequence[str], candidate: Sequence[str],
@@ -77,7 +77,7 @@ def macro_f1_difference_interval(truth: Sequence[str], baseline: Sequence[str], 
     bootstrap): an interval that excludes 0 is a difference these items show, not the luck of the draw."""
     truth_a, baseline_a, candidate_a = np.asarray(truth), np.asarray(baseline), np.asarray(candidate)
     return _bootstrap(len(truth_a), lambda rows: _macro_f1(truth_a, candidate_a, rows, order)
-                      - _macro_f1(truth_a, baseline_a, rows, order), confidence, resamples, seed)
+                      - _macro_f1(truth_a, baseline_a, rows, order), confidence, resamples, seed, (-1.0, 1.0))
 
 
 def _macro_f1(truth: np.ndarray, predicted: np.ndarray, rows: np.ndarray, order: Sequence[str]) -> float:
@@ -85,9 +85,11 @@ def _macro_f1(truth: np.ndarray, predicted: np.ndarray, rows: np.ndarray, order:
 
 
 def _bootstrap(n: int, statistic: Callable[[np.ndarray], float], confidence: float, resamples: int,
-               seed: int) -> tuple[float, float]:
+               seed: int, unknown: tuple[float, float]) -> tuple[float, float]:
     from scipy.stats import bootstrap
 
+    if n < 2:  # one item cannot be resampled: it says nothing about the range
+        return unknown
     found = bootstrap((np.arange(n),), statistic, vectorized=False, n_resamples=resamples,
                       confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     return float(found.confidence_interval.low), float(found.confidence_interval.high)
