@@ -322,14 +322,20 @@ async def overhead_level(url: str, queries: list[Query], clients: int, pairs: in
         while time.perf_counter() < deadline and (i := next(sent)) < pairs:
             query = queries[i % len(queries)]
             for model in ("auto", query.label)[:: 1 if i % 2 else -1]:
-                kind = "auto" if model == "auto" else "named"
-                try:
-                    ttfb[kind].append(await first_byte(client, chat_body(query, model, stream=True)))
-                except httpx.HTTPError as exc:
-                    errors[f"{kind}: {exc}"[:80]] += 1
+                await timed_first_byte(client, query, model, ttfb, errors)
 
     await run_users(url, clients, user)
     return {"clients": clients, **overhead_summary(ttfb, errors)}
+
+
+async def timed_first_byte(client: httpx.AsyncClient, query: Query, model: str, ttfb: dict[str, list[float]],
+                           errors: Counter[str]) -> None:
+    """One streamed request of the overhead test: its time to first byte, as `auto` or named, or its error."""
+    kind = "auto" if model == "auto" else "named"
+    try:
+        ttfb[kind].append(await first_byte(client, chat_body(query, model, stream=True)))
+    except httpx.HTTPError as exc:
+        errors[f"{kind}: {exc}"[:80]] += 1
 
 
 def overhead_summary(ttfb: dict[str, list[float]], errors: Counter[str]) -> dict[str, Any]:
@@ -361,12 +367,9 @@ async def offered_load_level(url: str, queries: list[Query], rate: float, pairs:
                 base_url=url, timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=1), verify=False)))
 
         async def send(query: Query, model: str) -> None:
-            kind = "auto" if model == "auto" else "named"
             client = await idle.get()
             try:
-                ttfb[kind].append(await first_byte(client, chat_body(query, model, stream=True)))
-            except httpx.HTTPError as exc:
-                errors[f"{kind}: {exc}"[:80]] += 1
+                await timed_first_byte(client, query, model, ttfb, errors)
             finally:
                 idle.put_nowait(client)
 

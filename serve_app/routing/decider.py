@@ -162,14 +162,12 @@ class Reading:
     def __init__(self, decider: Decider, thread: Thread) -> None:
         self._decider, self._thread = decider, thread
         self._turns: list[Turn] = []
-        self._asked: int | str | None = None  # "turns", a pair's turn index, or "system"
         self._decision = (RoutingDecision(decider.default_route, "no_text") if not thread.texts
                           else decider.forced(thread))
-        self._system_read = False
         self._done = self._decision is not None
+        self._asked: int | str | None = None if self._done else "turns"  # a pair's turn index, or "system"
+        self._system_read = False
         self.embedded = 0  # texts embedded so far: none means the classifier was not called
-        if not self._done:
-            self._asked = "turns"
 
     @property
     def decision(self) -> RoutingDecision:

@@ -127,8 +127,9 @@ def compare(items: Sequence[LabelledItem], baseline: Evaluation, ev: Evaluation,
             "right_only_baseline": sum(o == t != m for t, m, o in zip(truth, mine, theirs))}
 
 
-def format_comparison(name: str, found: dict[str, Any], macro_f1: float) -> str:
+def format_comparison(name: str, found: dict[str, Any]) -> str:
     low, high = found["difference_interval"]
+    macro_f1 = found["macro_f1"] + found["difference"]
     verdict = ("better on these items" if low > 0 else "worse on these items" if high < 0
                else "not told apart by these items")
     return (f"against {name}: macro-F1 {found['macro_f1']:.3f} -> {macro_f1:.3f}, {found['difference']:+.3f} "
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         theirs = [i for path in args.data for i in load_labelled(path, baseline.routing.context_turns, args.part)]
         baseline_ev = evaluate(InProcessRouter.from_config(baseline), theirs, order)
         compared = {"config": args.baseline} | compare(items, baseline_ev, ev, order)
-        print("\n" + format_comparison(args.baseline, compared, ev.scores.macro_f1))
+        print("\n" + format_comparison(args.baseline, compared))
     if args.errors:
         print("\n" + format_errors(items, ev))
     if args.plot:
